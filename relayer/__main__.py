@@ -1,0 +1,5 @@
+"""`python -m relayer` and the zipapp entry point."""
+
+from relayer.cli import main
+
+main()
