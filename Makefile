@@ -83,8 +83,8 @@ fmt: install ## Reformat the code with ruff and apply its safe fixes.
 build: install ## Build out/bin/relayer: a single-file executable (shiv zipapp) that needs only Python 3.11 to run.
 	@mkdir -p out/bin
 	@echo "build: out/bin/relayer (shiv zipapp from requirements/runtime.lock)"
-	@$(BIN)/shiv -q -c relayer -o out/bin/relayer --python '/usr/bin/env python3.11' --reproducible \
-	  -r requirements/runtime.lock --no-deps . $(PIP_QUIET)
+	@$(BIN)/shiv -c relayer -o out/bin/relayer --python '/usr/bin/env python3.11' --reproducible \
+	  -r requirements/runtime.lock --no-deps . > out/build.log 2>&1 || { cat out/build.log >&2; exit 1; }
 	@out/bin/relayer --version
 	@ls -l out/bin/relayer
 

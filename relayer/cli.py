@@ -51,10 +51,13 @@ def _setup_logs(ctx: click.Context, cfg: Config | None = None) -> None:
     from relayer.logs import setup_logging
 
     opts = ctx.find_root().params
-    overrides: dict[str, str] = dict(cfg.node.log_levels) if cfg else {}
+    overrides: dict[str, str] = {str(k): v for k, v in cfg.node.log_levels.items()} if cfg else {}
     overrides.update(opts.get("log_overrides") or {})
-    setup_logging(level=opts.get("log_level") or (cfg.node.log_level if cfg else "info"),
-                  fmt=opts.get("log_format") or (cfg.node.log_format if cfg else "text"), overrides=overrides)
+    setup_logging(
+        level=opts.get("log_level") or (cfg.node.log_level if cfg else "info"),
+        fmt=opts.get("log_format") or (cfg.node.log_format if cfg else "text"),
+        overrides=overrides,
+    )
 
 
 def _parse_overrides(_ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]) -> dict[str, str]:
@@ -67,12 +70,26 @@ def _parse_overrides(_ctx: click.Context, _param: click.Parameter, value: tuple[
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None,
-              help="Default log level (overrides node.log_level in the config).")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
-              help="'text' for people (default), 'json' for one JSON object per line.")
-@click.option("--log", "log_overrides", multiple=True, callback=_parse_overrides, metavar="LOGGER=LEVEL",
-              help="Per-module level, e.g. --log relayer.p2p=debug (repeatable, or comma-separated).")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default=None,
+    help="Default log level (overrides node.log_level in the config).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="'text' for people (default), 'json' for one JSON object per line.",
+)
+@click.option(
+    "--log",
+    "log_overrides",
+    multiple=True,
+    callback=_parse_overrides,
+    metavar="LOGGER=LEVEL",
+    help="Per-module level, e.g. --log relayer.p2p=debug (repeatable, or comma-separated).",
+)
 @click.version_option(__version__, "--version", prog_name="relayer")
 @click.pass_context
 def cli(ctx: click.Context, log_level: str | None, log_format: str | None, log_overrides: dict[str, str]) -> None:
@@ -122,25 +139,61 @@ def _parse_market(_ctx: click.Context, _param: click.Parameter, value: tuple[str
 
 
 @cli.command()
-@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory to create the node in (config.json, keystore.json, data/).")
+@click.option(
+    "--dir",
+    "directory",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to create the node in (config.json, keystore.json, data/).",
+)
 @click.option("--name", default=None, help="Node name (default: the directory's name).")
 @click.option("--chain-id", type=int, default=31337, show_default=True, help="EIP-155 chain id.")
-@click.option("--rpc-http", multiple=True, default=("http://127.0.0.1:8545",), show_default=True,
-              help="JSON-RPC HTTP URL (repeatable).")
-@click.option("--rpc-ws", multiple=True, default=("ws://127.0.0.1:8545",), show_default=True,
-              help="JSON-RPC WebSocket URL (repeatable).")
+@click.option(
+    "--rpc-http",
+    multiple=True,
+    default=("http://127.0.0.1:8545",),
+    show_default=True,
+    help="JSON-RPC HTTP URL (repeatable).",
+)
+@click.option(
+    "--rpc-ws",
+    multiple=True,
+    default=("ws://127.0.0.1:8545",),
+    show_default=True,
+    help="JSON-RPC WebSocket URL (repeatable).",
+)
 @click.option("--exchange", default=None, help="Exchange contract address (can be set later).")
 @click.option("--p2p-port", type=int, default=9000, show_default=True, help="libp2p TCP port.")
 @click.option("--api-port", type=int, default=8080, show_default=True, help="Trader API port.")
-@click.option("--market", "markets", multiple=True, callback=_parse_market, metavar="ID:SYMBOL",
-              help="Market served (repeatable; default 1:ETH-USD).")
-@click.option("--scrypt-n", type=int, default=None, hidden=True,
-              help="Keystore scrypt work factor (tests use a small one; default is eth-account's).")
+@click.option(
+    "--market",
+    "markets",
+    multiple=True,
+    callback=_parse_market,
+    metavar="ID:SYMBOL",
+    help="Market served (repeatable; default 1:ETH-USD).",
+)
+@click.option(
+    "--scrypt-n",
+    type=int,
+    default=None,
+    hidden=True,
+    help="Keystore scrypt work factor (tests use a small one; default is eth-account's).",
+)
 @click.pass_context
-def init(ctx: click.Context, directory: Path, name: str | None, chain_id: int, rpc_http: tuple[str, ...],
-         rpc_ws: tuple[str, ...], exchange: str | None, p2p_port: int, api_port: int,
-         markets: list[dict[str, Any]], scrypt_n: int | None) -> None:
+def init(
+    ctx: click.Context,
+    directory: Path,
+    name: str | None,
+    chain_id: int,
+    rpc_http: tuple[str, ...],
+    rpc_ws: tuple[str, ...],
+    exchange: str | None,
+    p2p_port: int,
+    api_port: int,
+    markets: list[dict[str, Any]],
+    scrypt_n: int | None,
+) -> None:
     """Create a node directory: a config and a new encrypted relayer key.
 
     Prints the relayer's Ethereum address (to add to the exchange's relayer registry) and its libp2p peer id (for
@@ -164,7 +217,12 @@ def init(ctx: click.Context, directory: Path, name: str | None, chain_id: int, r
         "//": "perp-relayer node config; reference: `relayer config docs` or docs/config.md",
         "node": {"name": name or directory.resolve().name or "relayer", "data_dir": "data"},
         "keys": {"keystore": "keystore.json", "password_env": "RELAYER_KEYSTORE_PASSWORD"},
-        "chain": {"chain_id": chain_id, "rpc_http": list(rpc_http), "rpc_ws": list(rpc_ws), "exchange": exchange},
+        "chain": {
+            "chain_id": chain_id,
+            "rpc_http": list(rpc_http),
+            "rpc_ws": list(rpc_ws),
+            "exchange": exchange,
+        },
         "p2p": {"listen": [f"/ip4/0.0.0.0/tcp/{p2p_port}"], "bootstrap": []},
         "api": {"host": "127.0.0.1", "port": api_port},
         "markets": markets or [{"id": 1, "symbol": "ETH-USD"}],
@@ -199,10 +257,19 @@ def _keystore_from(config: Path | None, keystore: Path | None) -> tuple[Path, st
 
 
 @keys.command("show")
-@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Config whose keys.keystore to read (default ./config.json).")
-@click.option("--keystore", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Read this keystore instead of the config's.")
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Config whose keys.keystore to read (default ./config.json).",
+)
+@click.option(
+    "--keystore",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Read this keystore instead of the config's.",
+)
 @click.option("--address-only", is_flag=True, help="Print the address recorded in the keystore without decrypting.")
 @click.pass_context
 def keys_show(ctx: click.Context, config: Path | None, keystore: Path | None, address_only: bool) -> None:
@@ -225,8 +292,12 @@ def keys_show(ctx: click.Context, config: Path | None, keystore: Path | None, ad
 
 
 @keys.command("new")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Keystore file to create (never overwritten).")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Keystore file to create (never overwritten).",
+)
 @click.option("--scrypt-n", type=int, default=None, hidden=True)
 def keys_new(out: Path, scrypt_n: int | None) -> None:
     """Create a new encrypted keystore, e.g. a separate gas-paying key (keys.gas_keystore).
@@ -322,8 +393,14 @@ def config_example() -> None:
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=Path("config.json"),
-              show_default=True, help="Node config file.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("config.json"),
+    show_default=True,
+    help="Node config file.",
+)
 def run(config_file: Path) -> None:
     """Run a relayer node from a config file until SIGTERM/SIGINT.
 

@@ -92,10 +92,12 @@ class NodeSection:
     )
     log_level: LogLevel = setting("Default log level for every logger.", "info")
     log_levels: dict[LoggerName, LogLevel] = mapping_setting(
-        "Per-logger level overrides, e.g. {\"relayer.p2p\": \"debug\"}.",
+        'Per-logger level overrides, e.g. {"relayer.p2p": "debug"}.',
         example={"relayer.p2p": "info"},
     )
-    log_format: LogFormat = setting("Log line format: 'text' for people, 'json' (one object a line) for machines.", "text")
+    log_format: LogFormat = setting(
+        "Log line format: 'text' for people, 'json' (one object a line) for machines.", "text"
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,73 +125,119 @@ class KeysSection:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChainSection:
-    chain_id: int = setting("EIP-155 chain id; the node refuses to start if the RPC reports another.", lo=1, hi=2**63 - 1,
-                            example=31337)
+    chain_id: int = setting(
+        "EIP-155 chain id; the node refuses to start if the RPC reports another.",
+        lo=1,
+        hi=2**63 - 1,
+        example=31337,
+    )
     rpc_http: tuple[HttpUrl, ...] = setting(
         "JSON-RPC HTTP endpoints, tried in order; a dead one is skipped with backoff.",
-        min_items=1, example=["http://127.0.0.1:8545"],
+        min_items=1,
+        example=["http://127.0.0.1:8545"],
     )
     rpc_ws: tuple[WsUrl, ...] = setting(
         "JSON-RPC WebSocket endpoints for eth_subscribe (new heads and the exchange's logs), tried in order.",
-        min_items=1, example=["ws://127.0.0.1:8545"],
+        min_items=1,
+        example=["ws://127.0.0.1:8545"],
     )
     exchange: EthAddress | None = setting(
-        "Address of the exchange contract. May be null before deployment; `relayer run` requires it.", None,
+        "Address of the exchange contract. May be null before deployment; `relayer run` requires it.",
+        None,
     )
     start_block: int = setting(
-        "Block to start reading events from when the store is empty (the exchange's deployment block).", 0,
-        lo=0, hi=2**63 - 1,
+        "Block to start reading events from when the store is empty (the exchange's deployment block).",
+        0,
+        lo=0,
+        hi=2**63 - 1,
     )
     confirmations: int = setting(
-        "Blocks on top of an event's block before it counts as final.", 2, lo=0, hi=10_000,
+        "Blocks on top of an event's block before it counts as final.",
+        2,
+        lo=0,
+        hi=10_000,
     )
-    log_range_blocks: int = setting("Largest block range of one eth_getLogs request while backfilling.", 2_000,
-                                    lo=1, hi=1_000_000)
+    log_range_blocks: int = setting(
+        "Largest block range of one eth_getLogs request while backfilling.", 2_000, lo=1, hi=1_000_000
+    )
     request_timeout_ms: int = setting("Deadline of one JSON-RPC request.", 10_000, lo=100, hi=600_000)
-    reconnect_backoff_max_ms: int = setting("Largest wait between reconnect attempts to an RPC endpoint.", 30_000,
-                                            lo=100, hi=3_600_000)
+    reconnect_backoff_max_ms: int = setting(
+        "Largest wait between reconnect attempts to an RPC endpoint.", 30_000, lo=100, hi=3_600_000
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerSection:
-    max_fee_per_gas_wei: int = setting("Cap on the EIP-1559 max fee per gas of settlement transactions.",
-                                       500_000_000_000, lo=1, hi=10**24)
-    max_priority_fee_per_gas_wei: int = setting("Cap on the priority fee (tip) per gas.", 2_000_000_000,
-                                                lo=0, hi=10**24)
-    gas_margin_bps: int = setting("Margin added to the gas estimate, in basis points (2000 = +20%).", 2_000,
-                                  lo=0, hi=50_000)
-    gas_limit_cap: int = setting("Hard cap on a transaction's gas limit; keep it below the block gas limit.",
-                                 15_000_000, lo=21_000, hi=1_000_000_000)
+    max_fee_per_gas_wei: int = setting(
+        "Cap on the EIP-1559 max fee per gas of settlement transactions.", 500_000_000_000, lo=1, hi=10**24
+    )
+    max_priority_fee_per_gas_wei: int = setting(
+        "Cap on the priority fee (tip) per gas.", 2_000_000_000, lo=0, hi=10**24
+    )
+    gas_margin_bps: int = setting(
+        "Margin added to the gas estimate, in basis points (2000 = +20%).", 2_000, lo=0, hi=50_000
+    )
+    gas_limit_cap: int = setting(
+        "Hard cap on a transaction's gas limit; keep it below the block gas limit.",
+        15_000_000,
+        lo=21_000,
+        hi=1_000_000_000,
+    )
     fee_bump_bps: int = setting(
         "Fee increase when replacing a stuck transaction, in basis points; at least 1000 (10%), the nodes' "
-        "replacement minimum.", 1_250, lo=1_000, hi=100_000,
+        "replacement minimum.",
+        1_250,
+        lo=1_000,
+        hi=100_000,
     )
-    resubmit_after_ms: int = setting("Time without inclusion after which a transaction is bumped or resent.", 15_000,
-                                     lo=500, hi=3_600_000)
-    max_fee_bumps: int = setting("Most fee bumps of one transaction before the worker reports it stuck.", 8,
-                                 lo=0, hi=100)
+    resubmit_after_ms: int = setting(
+        "Time without inclusion after which a transaction is bumped or resent.", 15_000, lo=500, hi=3_600_000
+    )
+    max_fee_bumps: int = setting(
+        "Most fee bumps of one transaction before the worker reports it stuck.", 8, lo=0, hi=100
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class P2PSection:
     listen: tuple[Multiaddr, ...] = setting(
-        "libp2p listen addresses (TCP, Noise-encrypted).", ("/ip4/0.0.0.0/tcp/9000",), min_items=1,
+        "libp2p listen addresses (TCP, Noise-encrypted).",
+        ("/ip4/0.0.0.0/tcp/9000",),
+        min_items=1,
     )
     bootstrap: tuple[PeerAddr, ...] = setting(
-        "Peers to dial at start and re-dial when the link drops; each ends in /p2p/<peer id>.", (),
+        "Peers to dial at start and re-dial when the link drops; each ends in /p2p/<peer id>.",
+        (),
         example=["/ip4/127.0.0.1/tcp/9001/p2p/16Uiu2HAmEWQnHq2jLKJypwVnVoQeFCULuyop6atvq2eWjYSUjzNi"],
     )
-    heartbeat_ms: int = setting("GossipSub heartbeat (py-libp2p's default of 120 s is far too slow for a small mesh).",
-                                1_000, lo=50, hi=60_000)
-    max_message_bytes: int = setting("Largest gossip or stream message accepted; larger ones are rejected.",
-                                     1_048_576, lo=1_024, hi=16_777_216)
-    reconnect_interval_ms: int = setting("How often the node re-dials bootstrap peers and relayers it is not connected "
-                                         "to.", 2_000, lo=100, hi=600_000)
-    dial_backoff_ms: int = setting("Pause after a failed dial before that peer is tried again.", 5_000,
-                                   lo=0, hi=600_000)
+    heartbeat_ms: int = setting(
+        "GossipSub heartbeat (py-libp2p's default of 120 s is far too slow for a small mesh).",
+        1_000,
+        lo=50,
+        hi=60_000,
+    )
+    max_message_bytes: int = setting(
+        "Largest gossip or stream message accepted; larger ones are rejected.",
+        1_048_576,
+        lo=1_024,
+        hi=16_777_216,
+    )
+    reconnect_interval_ms: int = setting(
+        "How often the node re-dials bootstrap peers and relayers it is not connected to.",
+        2_000,
+        lo=100,
+        hi=600_000,
+    )
+    dial_backoff_ms: int = setting(
+        "Pause after a failed dial before that peer is tried again.", 5_000, lo=0, hi=600_000
+    )
     max_peers: int = setting("Most connected peers.", 64, lo=1, hi=10_000)
-    sync_interval_ms: int = setting("Period of the anti-entropy sync that compares open-order digests with a peer.",
-                                    5_000, lo=100, hi=600_000)
+    sync_interval_ms: int = setting(
+        "Period of the anti-entropy sync that compares open-order digests with a peer.",
+        5_000,
+        lo=100,
+        hi=600_000,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -199,49 +247,74 @@ class ApiSection:
     metrics: bool = setting("Serve Prometheus metrics at /metrics on the API port.", True)
     cors_origins: tuple[str, ...] = setting("Origins allowed by CORS for browser front ends; empty = none.", ())
     max_body_bytes: int = setting("Largest request body accepted.", 65_536, lo=1_024, hi=16_777_216)
-    max_inflight_requests: int = setting("Requests in flight before the API answers 503 with Retry-After.", 1_024,
-                                         lo=1, hi=1_000_000)
+    max_inflight_requests: int = setting(
+        "Requests in flight before the API answers 503 with Retry-After.", 1_024, lo=1, hi=1_000_000
+    )
     max_ws_subscribers: int = setting("Most concurrent WebSocket subscribers.", 1_000, lo=1, hi=1_000_000)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QuorumSection:
-    round_timeout_ms: int = setting("Timeout of round 0 of a seq; later rounds double it up to the cap.", 2_000,
-                                    lo=100, hi=600_000)
+    round_timeout_ms: int = setting(
+        "Timeout of round 0 of a seq; later rounds double it up to the cap.", 2_000, lo=100, hi=600_000
+    )
     round_timeout_max_ms: int = setting("Cap on the round timeout.", 30_000, lo=100, hi=3_600_000)
     batch_deadline_delta_s: int = setting(
-        "A batch's deadline is the chain head time plus this; orders expiring by then are treated as expired.", 60,
-        lo=5, hi=3_600,
+        "A batch's deadline is the chain head time plus this; orders expiring by then are treated as expired.",
+        60,
+        lo=5,
+        hi=3_600,
     )
     certificate_grace_s: int = setting(
-        "After a certificate's deadline plus this grace without inclusion, the node moves to the next round.", 15,
-        lo=0, hi=3_600,
+        "After a certificate's deadline plus this grace without inclusion, the node moves to the next round.",
+        15,
+        lo=0,
+        hi=3_600,
     )
     backup_submit_delay_ms: int = setting(
-        "Backup submitters wait this times their rank before submitting a certificate that has not landed.", 5_000,
-        lo=0, hi=600_000,
+        "Backup submitters wait this times their rank before submitting a certificate that has not landed.",
+        5_000,
+        lo=0,
+        hi=600_000,
     )
     max_fills_per_batch: int = setting("Most fills in one batch.", 256, lo=1, hi=10_000)
-    batch_gas_cap: int = setting("Gas budget of one batch; the proposer stops adding fills before it.", 12_000_000,
-                                 lo=100_000, hi=1_000_000_000)
+    batch_gas_cap: int = setting(
+        "Gas budget of one batch; the proposer stops adding fills before it.",
+        12_000_000,
+        lo=100_000,
+        hi=1_000_000_000,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OrdersSection:
     created_at_window_s: int = setting(
         "At API intake and on live gossip, an order's createdAt must be within this many seconds of when the node "
-        "first sees it (no back-dating to jump the queue).", 2, lo=0, hi=600,
+        "first sees it (no back-dating to jump the queue).",
+        2,
+        lo=0,
+        hi=600,
     )
     ioc_window_s: int = setting(
         "Network parameter: an immediate-or-cancel order expires at createdAt + this; must exceed "
-        "quorum.batch_deadline_delta_s.", 120, lo=1, hi=86_400,
+        "quorum.batch_deadline_delta_s.",
+        120,
+        lo=1,
+        hi=86_400,
     )
-    max_open_orders_per_trader: int = setting("Most open orders one trader may hold on this node.", 200,
-                                              lo=1, hi=1_000_000)
-    max_book_orders: int = setting("Most open orders in the whole book; beyond it the least likely to fill are "
-                                   "evicted.", 100_000, lo=1, hi=100_000_000)
-    self_trade_prevention: StpMode = setting("What a self-trade cancels: the resting maker (dYdX and Hyperliquid's "
-                                             "default), the taker, or both.", "cancel_maker")
+    max_open_orders_per_trader: int = setting(
+        "Most open orders one trader may hold on this node.", 200, lo=1, hi=1_000_000
+    )
+    max_book_orders: int = setting(
+        "Most open orders in the whole book; beyond it the least likely to fill are evicted.",
+        100_000,
+        lo=1,
+        hi=100_000_000,
+    )
+    self_trade_prevention: StpMode = setting(
+        "What a self-trade cancels: the resting maker (dYdX and Hyperliquid's default), the taker, or both.",
+        "cancel_maker",
+    )
     deny_list_file: Path | None = setting(
         "Optional file of trader addresses (one per line, # comments) refused at intake; reloaded on change or SIGHUP.",
         None,
@@ -250,10 +323,15 @@ class OrdersSection:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StoreSection:
-    snapshot_every_inputs: int = setting("Write a book snapshot after this many applied inputs (bounds replay time).",
-                                         10_000, lo=1, hi=100_000_000)
-    prune_horizon_blocks: int = setting("Final data older than this many blocks is compacted away.", 100_000,
-                                        lo=100, hi=2**40)
+    snapshot_every_inputs: int = setting(
+        "Write a book snapshot after this many applied inputs (bounds replay time).",
+        10_000,
+        lo=1,
+        hi=100_000_000,
+    )
+    prune_horizon_blocks: int = setting(
+        "Final data older than this many blocks is compacted away.", 100_000, lo=100, hi=2**40
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -265,8 +343,11 @@ class LiquidationSection:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MarketEntry:
     id: int = setting("Market id as registered in the exchange contract.", lo=0, hi=2**32 - 1, example=1)
-    symbol: str = setting("Display symbol, BASE-QUOTE in capitals.", pattern=r"^[A-Z0-9]{1,12}-[A-Z0-9]{1,12}$",
-                          example="ETH-USD")
+    symbol: str = setting(
+        "Display symbol, BASE-QUOTE in capitals.",
+        pattern=r"^[A-Z0-9]{1,12}-[A-Z0-9]{1,12}$",
+        example="ETH-USD",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -291,8 +372,10 @@ class Config:
 # Validators of the named string types.
 
 _HEX40 = re.compile(r"^0x[0-9a-fA-F]{40}$")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
-                       r"[A-Za-z0-9])?)*$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
+    r"[A-Za-z0-9])?)*$"
+)
 _LOGGER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -301,7 +384,7 @@ def check_eth_address(value: str) -> str | None:
         return "must be 0x followed by 40 hex digits"
     body = value[2:]
     if body != body.lower() and body != body.upper():
-        from eth_utils import is_checksum_address
+        from eth_utils.address import is_checksum_address
 
         if not is_checksum_address(value):
             return "mixed-case address fails its EIP-55 checksum (a typo?)"
@@ -333,10 +416,10 @@ def _check_url(value: str, schemes: tuple[str, ...]) -> str | None:
 
 
 def _check_multiaddr(value: str, *, need_peer: bool) -> str | None:
-    from multiaddr import Multiaddr as _MA
+    from multiaddr import Multiaddr as MultiaddrValue
 
     try:
-        ma = _MA(value)
+        ma = MultiaddrValue(value)
         protos = [p.name for p in ma.protocols()]
     except Exception as exc:  # noqa: BLE001 - the multiaddr package raises many unrelated types for bad input
         return f"not a valid multiaddr ({type(exc).__name__}: {exc})"
@@ -531,9 +614,11 @@ def _cross_checks(cfg: Config, problems: _Problems) -> None:
     if q.round_timeout_max_ms < q.round_timeout_ms:
         problems.add("quorum.round_timeout_max_ms", f"must be >= quorum.round_timeout_ms ({q.round_timeout_ms})")
     if o.ioc_window_s <= q.batch_deadline_delta_s:
-        problems.add("orders.ioc_window_s",
-                     f"must exceed quorum.batch_deadline_delta_s ({q.batch_deadline_delta_s}) so an IOC order is "
-                     "eligible for at least one batch")
+        problems.add(
+            "orders.ioc_window_s",
+            f"must exceed quorum.batch_deadline_delta_s ({q.batch_deadline_delta_s}) so an IOC order is "
+            "eligible for at least one batch",
+        )
     if cfg.worker.max_priority_fee_per_gas_wei > cfg.worker.max_fee_per_gas_wei:
         problems.add("worker.max_priority_fee_per_gas_wei", "must be <= worker.max_fee_per_gas_wei")
     seen_ids: dict[int, int] = {}
@@ -545,8 +630,12 @@ def _cross_checks(cfg: Config, problems: _Problems) -> None:
         if m.symbol in seen_symbols:
             problems.add(f"markets[{i}].symbol", f"duplicates markets[{seen_symbols[m.symbol]}].symbol")
         seen_symbols.setdefault(m.symbol, i)
-    for name, values in (("p2p.listen", cfg.p2p.listen), ("p2p.bootstrap", cfg.p2p.bootstrap),
-                         ("chain.rpc_http", cfg.chain.rpc_http), ("chain.rpc_ws", cfg.chain.rpc_ws)):
+    for name, values in (
+        ("p2p.listen", cfg.p2p.listen),
+        ("p2p.bootstrap", cfg.p2p.bootstrap),
+        ("chain.rpc_http", cfg.chain.rpc_http),
+        ("chain.rpc_ws", cfg.chain.rpc_ws),
+    ):
         dup = sorted({v for v in values if values.count(v) > 1})
         if dup:
             problems.add(name, f"lists {dup[0]!r} more than once")
@@ -578,11 +667,11 @@ def _is_texty(tp: Any) -> bool:
 
 def apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str], problems: _Problems) -> dict[str, Any]:
     """Return a copy of ``raw`` with every ``RELAYER__A__B=value`` applied to key ``a.b``."""
-    out = json.loads(json.dumps(raw))
+    out: dict[str, Any] = json.loads(json.dumps(raw))
     for var in sorted(env):
         if not var.startswith(ENV_PREFIX):
             continue
-        parts = [p.lower() for p in var[len(ENV_PREFIX):].split("__")]
+        parts = [p.lower() for p in var[len(ENV_PREFIX) :].split("__")]
         dotted = ".".join(parts)
         tp = _field_type(parts)
         if tp is None or not parts[-1]:
@@ -613,8 +702,7 @@ def apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str], problems: _
 # Entry points.
 
 
-def parse_config(raw: Any, *, base_dir: Path, source: str = "config",
-                 env: Mapping[str, str] | None = None) -> Config:
+def parse_config(raw: Any, *, base_dir: Path, source: str = "config", env: Mapping[str, str] | None = None) -> Config:
     """Parse decoded JSON into a :class:`Config`, raising :class:`ConfigError` listing every problem."""
     problems = _Problems()
     if not isinstance(raw, dict):
@@ -641,7 +729,9 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(str(p), [f"(file): not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"]) from None
+        raise ConfigError(
+            str(p), [f"(file): not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"]
+        ) from None
     return parse_config(raw, base_dir=p.parent, source=str(p), env=os.environ if env is None else env)
 
 
@@ -662,7 +752,9 @@ def to_json(cfg: Any) -> Any:
 # Documentation generated from the schema (docs/config.md and `relayer config docs`).
 
 
-def iter_settings(cls: type[Any] = Config, prefix: str = "") -> typing.Iterator[tuple[str, Any, dataclasses.Field[Any]]]:
+def iter_settings(
+    cls: type[Any] = Config, prefix: str = ""
+) -> typing.Iterator[tuple[str, Any, dataclasses.Field[Any]]]:
     """Yield (dotted path, type, field) for every leaf setting, depth first in declaration order."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -722,8 +814,10 @@ def example_config(cls: type[Any] = Config) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     out: dict[str, Any] = {}
     if cls is Config:
-        out["//"] = ("perp-relayer node configuration. Every key is listed with its default; keys starting with // "
-                     "are comments. Reference: docs/config.md or `relayer config docs`.")
+        out["//"] = (
+            "perp-relayer node configuration. Every key is listed with its default; keys starting with // "
+            "are comments. Reference: docs/config.md or `relayer config docs`."
+        )
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         out[f"//{f.name}"] = f.metadata["doc"]

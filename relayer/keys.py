@@ -111,9 +111,9 @@ class RelayerKey:
     def __post_init__(self) -> None:
         if len(self.secret) != 32 or not 0 < int.from_bytes(self.secret, "big") < SECP256K1_N:
             raise KeyMaterialError("a private key must be 32 bytes in 1 .. n-1 of secp256k1")
-        from eth_keys import keys
+        from eth_keys.datatypes import PrivateKey
 
-        pk = keys.PrivateKey(self.secret)
+        pk = PrivateKey(self.secret)
         object.__setattr__(self, "address", pk.public_key.to_checksum_address())
         object.__setattr__(self, "public_key", pk.public_key.to_compressed_bytes())
 
@@ -148,7 +148,7 @@ def _read_keystore_json(path: Path) -> dict[str, Any]:
         raise KeyMaterialError(f"keystore {path} does not exist (create one with `relayer init`)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise KeyMaterialError(f"keystore {path} is not readable keystore JSON: {type(exc).__name__}") from None
-    if not isinstance(data, dict) or "crypto" not in data and "Crypto" not in data:
+    if not isinstance(data, dict) or ("crypto" not in data and "Crypto" not in data):
         raise KeyMaterialError(f"keystore {path} is not an eth-account keystore (no 'crypto' section)")
     return data
 
@@ -159,7 +159,7 @@ def keystore_address(path: Path) -> str | None:
     addr = data.get("address")
     if not isinstance(addr, str):
         return None
-    from eth_utils import to_checksum_address
+    from eth_utils.address import to_checksum_address
 
     try:
         return str(to_checksum_address("0x" + addr.removeprefix("0x")))
@@ -223,9 +223,11 @@ def load_relayer_key(keystore: Path, password_env: str, env: Mapping[str, str], 
     dev = env.get(DEV_KEY_ENV)
     if dev:
         key = RelayerKey.from_hex(dev)
-        log.warning("using the development key from $%s for %s; use a keystore in production", DEV_KEY_ENV,
-                    key.address)
+        log.warning(
+            "using the development key from $%s for %s; use a keystore in production",
+            DEV_KEY_ENV,
+            key.address,
+        )
         return key
     password = password_from(password_env, env, interactive=interactive, what=f"keystore {keystore}")
     return decrypt_keystore(keystore, password)
-

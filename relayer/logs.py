@@ -14,8 +14,13 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR,
-          "critical": logging.CRITICAL}
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is context.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
@@ -47,8 +52,12 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, then the record's context fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        obj: dict[str, Any] = {"ts": _timestamp(record), "level": record.levelname.lower(), "logger": record.name,
-                               "msg": record.getMessage()}
+        obj: dict[str, Any] = {
+            "ts": _timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         for k, v in _context(record).items():
             obj.setdefault(k, v)
         if record.exc_info:
@@ -63,14 +72,19 @@ def parse_level_overrides(specs: Iterable[str]) -> dict[str, str]:
         for item in filter(None, (s.strip() for s in spec.split(","))):
             name, sep, level = item.partition("=")
             if not sep or not name or level.lower() not in LEVELS:
-                raise ValueError(f"bad log level override {item!r}: expected LOGGER=LEVEL with LEVEL one of "
-                                 f"{', '.join(LEVELS)}")
+                raise ValueError(
+                    f"bad log level override {item!r}: expected LOGGER=LEVEL with LEVEL one of {', '.join(LEVELS)}"
+                )
             out[name] = level.lower()
     return out
 
 
-def setup_logging(level: str = "info", fmt: str = "text", overrides: Mapping[str, str] | None = None,
-                  stream: TextIO | None = None) -> None:
+def setup_logging(
+    level: str = "info",
+    fmt: str = "text",
+    overrides: Mapping[str, str] | None = None,
+    stream: TextIO | None = None,
+) -> None:
     """Configure the root logger once for the process (replaces handlers a previous call installed)."""
     if level not in LEVELS:
         raise ValueError(f"unknown log level {level!r}")

@@ -41,18 +41,18 @@ def node_modules_dir(env: Mapping[str, str] | None = None, cwd: Path | None = No
             seen.append(cand)
             if (cand / ANVIL_PACKAGE).is_dir() or (cand / "solc").is_dir():
                 return cand
-    raise ToolchainError("node_modules with the pinned toolchain not found (searched upward from the current "
-                         "directory and from the relayer package); run `make install` (npm ci --ignore-scripts) in "
-                         f"the project, or set ${NODE_MODULES_ENV}")
+    raise ToolchainError(
+        "node_modules with the pinned toolchain not found (searched upward from the current "
+        "directory and from the relayer package); run `make install` (npm ci --ignore-scripts) in "
+        f"the project, or set ${NODE_MODULES_ENV}"
+    )
 
 
 def anvil_path(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path:
     """Path of the pinned anvil binary; :class:`ToolchainError` says what to do when it is missing."""
     env = os.environ if env is None else env
-    if env.get(ANVIL_ENV):
-        path = Path(env[ANVIL_ENV])
-    else:
-        path = node_modules_dir(env, cwd) / ANVIL_PACKAGE / "bin" / "anvil"
+    explicit = env.get(ANVIL_ENV)
+    path = Path(explicit) if explicit else node_modules_dir(env, cwd) / ANVIL_PACKAGE / "bin" / "anvil"
     if not path.is_file():
         raise ToolchainError(f"anvil binary not found at {path}; run `make install` (npm ci --ignore-scripts)")
     if not os.access(path, os.X_OK):
@@ -65,7 +65,8 @@ def anvil_version(path: Path | None = None) -> str:
     """The first line of ``anvil --version`` (e.g. ``anvil Version: 1.7.1``)."""
     binary = path or anvil_path()
     try:
-        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30, check=True)
+        # Our own pinned binary, no shell involved.
+        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30, check=True)  # noqa: S603
     except (OSError, subprocess.SubprocessError) as exc:
         raise ToolchainError(f"{binary} --version failed: {exc}") from None
     return out.stdout.strip().splitlines()[0]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from relayer import config as C
+from relayer import config as cfgmod
 from relayer.errors import ConfigError
 
 from .conftest import ROOT
@@ -17,13 +17,13 @@ from .conftest import ROOT
 PEER = "16Uiu2HAmKr2SAqbQMBk99h3HNgJxBvYM4AWKvu98D7QFakVtzRpe"
 
 
-def parse(raw: dict[str, Any], env: dict[str, str] | None = None, base: Path = Path("/srv/node")) -> C.Config:
-    return C.parse_config(raw, base_dir=base, source="test.json", env=env or {})
+def parse(raw: dict[str, Any], env: dict[str, str] | None = None, base: Path = Path("/srv/node")) -> cfgmod.Config:
+    return cfgmod.parse_config(raw, base_dir=base, source="test.json", env=env or {})
 
 
 def errors_of(raw: Any, env: dict[str, str] | None = None) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        C.parse_config(raw, base_dir=Path("/srv/node"), source="test.json", env=env or {})
+        cfgmod.parse_config(raw, base_dir=Path("/srv/node"), source="test.json", env=env or {})
     return info.value.problems
 
 
@@ -35,7 +35,7 @@ def test_minimal_config_fills_defaults_and_resolves_paths(valid_raw: dict[str, A
     assert cfg.chain.rpc_http == ("http://127.0.0.1:8545",)
     assert cfg.api.port == 8080
     assert cfg.quorum.round_timeout_ms == 2000
-    assert cfg.markets[0] == C.MarketEntry(id=1, symbol="ETH-USD")
+    assert cfg.markets[0] == cfgmod.MarketEntry(id=1, symbol="ETH-USD")
 
 
 def test_config_objects_are_frozen(valid_raw: dict[str, Any]) -> None:
@@ -71,11 +71,22 @@ BAD_CASES = [
     ("port out of range", "api.port", 70000, "api.port", "between 0 and 65535"),
     ("negative confirmations", "chain.confirmations", -1, "chain.confirmations", "between 0"),
     ("chain id zero", "chain.chain_id", 0, "chain.chain_id", "between 1"),
-    ("fee bump under the 10% replacement minimum", "worker.fee_bump_bps", 500, "worker.fee_bump_bps", "between 1000"),
+    (
+        "fee bump under the 10% replacement minimum",
+        "worker.fee_bump_bps",
+        500,
+        "worker.fee_bump_bps",
+        "between 1000",
+    ),
     ("address too short", "chain.exchange", "0x1234", "chain.exchange", "40 hex digits"),
     ("address not hex", "chain.exchange", "0x" + "g" * 40, "chain.exchange", "40 hex digits"),
-    ("address with a bad EIP-55 checksum", "chain.exchange", "0x5FbDB2315678afecb367f032d93F642f64180aA3",
-     "chain.exchange", "checksum"),
+    (
+        "address with a bad EIP-55 checksum",
+        "chain.exchange",
+        "0x5FbDB2315678afecb367f032d93F642f64180aA3",
+        "chain.exchange",
+        "checksum",
+    ),
     ("http URL with a ws scheme", "chain.rpc_http", ["ws://127.0.0.1:8545"], "chain.rpc_http[0]", "http://"),
     ("ws URL with an http scheme", "chain.rpc_ws", ["http://127.0.0.1:8545"], "chain.rpc_ws[0]", "ws://"),
     ("URL without a host", "chain.rpc_http", ["http://:8545"], "chain.rpc_http[0]", "no valid host"),
@@ -83,30 +94,69 @@ BAD_CASES = [
     ("empty RPC list", "chain.rpc_http", [], "chain.rpc_http", "at least 1"),
     ("multiaddr garbage", "p2p.listen", ["/ip4/999.1.1.1/tcp/1"], "p2p.listen[0]", "not a valid multiaddr"),
     ("multiaddr without tcp", "p2p.listen", ["/ip4/127.0.0.1/udp/9000"], "p2p.listen[0]", "/tcp"),
-    ("bootstrap without a peer id", "p2p.bootstrap", ["/ip4/127.0.0.1/tcp/9001"], "p2p.bootstrap[0]", "/p2p/"),
-    ("bootstrap with a corrupt peer id", "p2p.bootstrap", [f"/ip4/127.0.0.1/tcp/9001/p2p/{PEER[:-4]}"],
-     "p2p.bootstrap[0]", "multiaddr"),
-    ("listen address naming a peer", "p2p.listen", [f"/ip4/127.0.0.1/tcp/9001/p2p/{PEER}"], "p2p.listen[0]",
-     "must not name a peer id"),
+    (
+        "bootstrap without a peer id",
+        "p2p.bootstrap",
+        ["/ip4/127.0.0.1/tcp/9001"],
+        "p2p.bootstrap[0]",
+        "/p2p/",
+    ),
+    (
+        "bootstrap with a corrupt peer id",
+        "p2p.bootstrap",
+        [f"/ip4/127.0.0.1/tcp/9001/p2p/{PEER[:-4]}"],
+        "p2p.bootstrap[0]",
+        "multiaddr",
+    ),
+    (
+        "listen address naming a peer",
+        "p2p.listen",
+        [f"/ip4/127.0.0.1/tcp/9001/p2p/{PEER}"],
+        "p2p.listen[0]",
+        "must not name a peer id",
+    ),
     ("bad enum value", "node.log_level", "verbose", "node.log_level", "one of"),
-    ("bad logger name", "node.log_levels", {"relayer..p2p": "debug"}, "node.log_levels.relayer..p2p", "logger"),
+    (
+        "bad logger name",
+        "node.log_levels",
+        {"relayer..p2p": "debug"},
+        "node.log_levels.relayer..p2p",
+        "logger",
+    ),
     ("bad host", "api.host", "bad host!", "api.host", "IP address or a host name"),
     ("bad node name", "node.name", "has spaces", "node.name", "does not match"),
     ("bad market symbol", "markets", [{"id": 1, "symbol": "eth/usd"}], "markets[0].symbol", "does not match"),
     ("market missing its id", "markets", [{"symbol": "ETH-USD"}], "markets[0].id", "is required"),
-    ("duplicate market id", "markets", [{"id": 1, "symbol": "ETH-USD"}, {"id": 1, "symbol": "BTC-USD"}],
-     "markets[1].id", "duplicates"),
-    ("timeout cap below the timeout", "quorum.round_timeout_max_ms", 500, "quorum.round_timeout_max_ms", ">="),
-    ("IOC window not above the batch deadline delta", "orders.ioc_window_s", 30, "orders.ioc_window_s",
-     "must exceed"),
+    (
+        "duplicate market id",
+        "markets",
+        [{"id": 1, "symbol": "ETH-USD"}, {"id": 1, "symbol": "BTC-USD"}],
+        "markets[1].id",
+        "duplicates",
+    ),
+    (
+        "timeout cap below the timeout",
+        "quorum.round_timeout_max_ms",
+        500,
+        "quorum.round_timeout_max_ms",
+        ">=",
+    ),
+    (
+        "IOC window not above the batch deadline delta",
+        "orders.ioc_window_s",
+        30,
+        "orders.ioc_window_s",
+        "must exceed",
+    ),
     ("empty path", "node.data_dir", "", "node.data_dir", "non-empty path"),
     ("null for a required key", "chain.chain_id", None, "chain.chain_id", "must be an integer"),
 ]
 
 
 @pytest.mark.parametrize(("what", "key", "value", "path", "fragment"), BAD_CASES, ids=[c[0] for c in BAD_CASES])
-def test_bad_config_names_the_key(valid_raw: dict[str, Any], what: str, key: str, value: Any, path: str,
-                                  fragment: str) -> None:
+def test_bad_config_names_the_key(
+    valid_raw: dict[str, Any], what: str, key: str, value: Any, path: str, fragment: str
+) -> None:
     _set(valid_raw, key, value)
     problems = errors_of(valid_raw)
     matching = [p for p in problems if p.startswith(f"{path}:")]
@@ -127,7 +177,10 @@ def test_every_problem_is_reported_at_once(valid_raw: dict[str, Any]) -> None:
 
 
 def test_valid_bootstrap_and_mixed_inputs(valid_raw: dict[str, Any]) -> None:
-    valid_raw["p2p"]["bootstrap"] = [f"/ip4/127.0.0.1/tcp/9001/p2p/{PEER}", f"/dns4/relayer-b/tcp/9000/p2p/{PEER}"]
+    valid_raw["p2p"]["bootstrap"] = [
+        f"/ip4/127.0.0.1/tcp/9001/p2p/{PEER}",
+        f"/dns4/relayer-b/tcp/9000/p2p/{PEER}",
+    ]
     valid_raw["chain"]["exchange"] = "0x5fbdb2315678afecb367f032d93f642f64180aa3"  # all lower case: no checksum
     valid_raw["chain"]["rpc_http"] = ["https://rpc.internal:8545/path", "http://[::1]:8545"]
     cfg = parse(valid_raw)
@@ -157,8 +210,14 @@ def test_env_overrides_typed_values(valid_raw: dict[str, Any]) -> None:
 
 
 def test_env_override_errors_name_the_variable(valid_raw: dict[str, Any]) -> None:
-    problems = errors_of(valid_raw, {"RELAYER__API__PROT": "1", "RELAYER__API__PORT": "eighty",
-                                     "RELAYER__QUORUM__ROUND_TIMEOUT_MS": "1.5"})
+    problems = errors_of(
+        valid_raw,
+        {
+            "RELAYER__API__PROT": "1",
+            "RELAYER__API__PORT": "eighty",
+            "RELAYER__QUORUM__ROUND_TIMEOUT_MS": "1.5",
+        },
+    )
     assert any(p.startswith("api.prot (from $RELAYER__API__PROT): unknown key") for p in problems)
     assert any(p.startswith("api.port (from $RELAYER__API__PORT): value is not valid JSON") for p in problems)
     assert any(p.startswith("quorum.round_timeout_ms: must be an integer") for p in problems)
@@ -173,28 +232,28 @@ def test_env_null_clears_optional(valid_raw: dict[str, Any]) -> None:
 
 def test_load_config_file_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
-        C.load_config(tmp_path / "nope.json", env={})
+        cfgmod.load_config(tmp_path / "nope.json", env={})
     bad = tmp_path / "bad.json"
     bad.write_text('{"node": {"name": "x",}}')
     with pytest.raises(ConfigError, match="not valid JSON at line 1"):
-        C.load_config(bad, env={})
+        cfgmod.load_config(bad, env={})
 
 
 def test_relative_paths_resolve_against_the_config_file(tmp_path: Path, valid_raw: dict[str, Any]) -> None:
     (tmp_path / "sub").mkdir()
     f = tmp_path / "sub" / "c.json"
     f.write_text(json.dumps(valid_raw))
-    cfg = C.load_config(f, env={})
+    cfg = cfgmod.load_config(f, env={})
     assert cfg.node.data_dir == (tmp_path / "sub" / "data").resolve()
 
 
 def test_example_config_is_complete_and_valid() -> None:
     """config.example.json lists every key with a // comment, parses, and matches the schema's rendering."""
     text = (ROOT / "config.example.json").read_text()
-    assert text == C.render_example(), "config.example.json is stale: run `make docs`"
+    assert text == cfgmod.render_example(), "config.example.json is stale: run `make docs`"
     raw = json.loads(text)
     parse(raw)
-    for path, _tp, _f in C.iter_settings():
+    for path, _tp, _f in cfgmod.iter_settings():
         node: Any = raw
         parts = path.replace("[]", "").split(".")
         for part in parts[:-1]:
@@ -204,11 +263,11 @@ def test_example_config_is_complete_and_valid() -> None:
 
 
 def test_docs_config_md_matches_schema() -> None:
-    assert (ROOT / "docs" / "config.md").read_text() == C.render_docs(), "docs/config.md is stale: run `make docs`"
-    for path, _tp, _f in C.iter_settings():
-        assert f"`{path}`" in C.render_docs()
+    assert (ROOT / "docs" / "config.md").read_text() == cfgmod.render_docs(), "docs/config.md is stale: run `make docs`"
+    for path, _tp, _f in cfgmod.iter_settings():
+        assert f"`{path}`" in cfgmod.render_docs()
 
 
 def test_schema_defaults_are_immutable() -> None:
     with pytest.raises(TypeError, match="immutable"):
-        C.setting("x", [])
+        cfgmod.setting("x", [])

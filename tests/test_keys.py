@@ -41,9 +41,15 @@ def test_base58_round_trip(data: bytes) -> None:
     [
         ("0OIl", "not base58"),
         ("16Uiu2HAm", "not a multihash"),
-        (keys.b58encode(bytes([0x12, 0x20]) + b"\x01" * 32), None),  # a sha256 peer id (e.g. an RSA/ed25519 peer)
+        (
+            keys.b58encode(bytes([0x12, 0x20]) + b"\x01" * 32),
+            None,
+        ),  # a sha256 peer id (e.g. an RSA/ed25519 peer)
         (keys.b58encode(bytes([0x99, 0x02, 1, 2])), "unknown multihash"),
-        (keys.b58encode(bytes([0x00, 0x24]) + bytes([0x08, 0x01, 0x12, 0x20]) + b"\x01" * 32), "not a compressed"),
+        (
+            keys.b58encode(bytes([0x00, 0x24]) + bytes([0x08, 0x01, 0x12, 0x20]) + b"\x01" * 32),
+            "not a compressed",
+        ),
     ],
 )
 def test_check_peer_id(peer_id: str, fragment: str | None) -> None:

@@ -46,7 +46,10 @@ def test_json_format_and_per_module_levels(restore_logging: None) -> None:
 
 def test_parse_level_overrides() -> None:
     assert logs.parse_level_overrides(["relayer.p2p=debug,relayer.store=WARNING", "x=info"]) == {
-        "relayer.p2p": "debug", "relayer.store": "warning", "x": "info"}
+        "relayer.p2p": "debug",
+        "relayer.store": "warning",
+        "x": "info",
+    }
     for bad in ("relayer.p2p", "=debug", "relayer.p2p=loud"):
         with pytest.raises(ValueError, match="bad log level override"):
             logs.parse_level_overrides([bad])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+
 @dataclass(frozen=True)
 class _Entry:
     glob: str
@@ -51,8 +52,11 @@ class _Policy:
             tr.line(problem, red=True)
         for nodeid, reason in self.unlisted:
             tr.line(f"not on the skip allow-list: {nodeid} ({reason})", red=True)
-        tr.line("A skipped test against a real part hides a broken install: fix the install, or list the skip "
-                "with a comment in the allow-list.", red=True)
+        tr.line(
+            "A skipped test against a real part hides a broken install: fix the install, or list the skip "
+            "with a comment in the allow-list.",
+            red=True,
+        )
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if (self.unlisted or self.problems) and exitstatus == pytest.ExitCode.OK:
@@ -77,8 +81,11 @@ def _load(path: Path) -> _Policy:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addini("skip_allowlist", "file listing the skips that may happen (see tests/plugins/skip_policy.py)",
-                  default="tests/skip_allowlist.txt")
+    parser.addini(
+        "skip_allowlist",
+        "file listing the skips that may happen (see tests/plugins/skip_policy.py)",
+        default="tests/skip_allowlist.txt",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
