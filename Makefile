@@ -88,7 +88,7 @@ build: install ## Build out/bin/relayer: a single-file executable (shiv zipapp) 
 	@out/bin/relayer --version
 	@ls -l out/bin/relayer
 
-container: ## Build the image relayers:latest (docker if an engine runs, else buildah; BASE_IMAGE=... to change the base).
+container: ## Build the image relayers:latest (docker if an engine runs, else buildah on a debootstrapped base; BASE_IMAGE=... sets the base).
 	bash scripts/container.sh
 
 run: install ## Run a node from ./config.json (CONFIG=path to use another).
