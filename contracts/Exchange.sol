@@ -135,9 +135,10 @@ contract Exchange {
         int64 fundingIndex;
     }
 
-    /// One storage slot: collateral (int192) | mask of markets with an open position (uint64).
+    /// One storage slot: balance (int192, collateral atoms x SIZE_ONE: an exact quote balance, docs/units.md)
+    /// | mask of markets with an open position (uint64).
     struct Account {
-        int192 collateral;
+        int192 balance;
         uint64 openMask;
     }
 
@@ -146,7 +147,7 @@ contract Exchange {
         address trader;
         Account account;
         Position position;
-        int256 collateral;
+        int256 balance;
         int256 fundingOwed;
         bool shrankOnly;
     }
@@ -190,8 +191,8 @@ contract Exchange {
     event MarketUpdated(uint32 indexed market, MarketParams params);
     event OraclePrice(uint32 indexed market, uint64 price);
     event FundingUpdated(uint32 indexed market, int64 delta, int64 index);
-    event Deposited(address indexed trader, uint256 amount, int256 collateral);
-    event Withdrawn(address indexed trader, uint256 amount, int256 collateral);
+    event Deposited(address indexed trader, uint256 amount, int256 balance);
+    event Withdrawn(address indexed trader, uint256 amount, int256 balance);
     event OrderCancelled(address indexed trader, uint64 salt);
     event CancelledUpTo(address indexed trader, uint64 salt);
     /// A settled fill with both orders' new fill counters. Positions follow as AccountUpdated events.
@@ -214,9 +215,9 @@ contract Exchange {
         uint256 takerFee
     );
     event FillSkipped(uint64 indexed seq, uint256 fillIndex, bytes32 makerHash, bytes32 takerHash, uint8 reason);
-    /// The full new state of a trader's position in one market and of its collateral.
+    /// The full new state of a trader's position in one market and of its (scaled) balance.
     event AccountUpdated(
-        address indexed trader, uint32 indexed market, int64 size, int128 cost, int64 fundingIndex, int256 collateral
+        address indexed trader, uint32 indexed market, int64 size, int128 cost, int64 fundingIndex, int256 balance
     );
     event BatchSettled(
         uint64 indexed seq,
@@ -251,7 +252,8 @@ contract Exchange {
     error FundingDeltaTooLarge(int64 delta, uint64 max);
     error ZeroAmount();
     error TransferFailed();
-    error InsufficientCollateral(int256 collateral, uint256 amount);
+    error InsufficientCollateral(int256 available, uint256 amount);
+    error AmountTooLarge(uint256 amount);
     error InsufficientMargin(int256 equity, uint256 requirement);
     error AccountHealthy(int256 equity, uint256 maintenance);
     error SaltNotIncreasing(uint64 current, uint64 requested);
@@ -412,24 +414,24 @@ contract Exchange {
     // ------------------------------------------------------------------------------------------------ traders
     function deposit(uint256 amount) external {
         if (amount == 0) revert ZeroAmount();
-        if (amount > uint256(1 << 127)) revert BadMarketParams(9);
+        if (amount > uint256(1 << 127)) revert AmountTooLarge(amount);
         if (!token.transferFrom(msg.sender, address(this), amount)) revert TransferFailed();
         Account storage a = accounts[msg.sender];
-        a.collateral += int192(int256(amount));
-        emit Deposited(msg.sender, amount, a.collateral);
+        a.balance += int192(int256(amount * SIZE_ONE));
+        emit Deposited(msg.sender, amount, a.balance);
     }
 
     /// Withdraw only while the account stays above initial margin afterwards.
     function withdraw(uint256 amount) external {
         if (amount == 0) revert ZeroAmount();
+        if (amount > uint256(1 << 127)) revert AmountTooLarge(amount);
         Account storage a = accounts[msg.sender];
-        int256 collateral = a.collateral;
-        if (int256(amount) > collateral) revert InsufficientCollateral(collateral, amount);
-        (int256 eq, uint256 initial,) = _health(msg.sender, a.openMask, collateral - int256(amount));
+        int256 balance = int256(a.balance) - int256(amount * SIZE_ONE);
+        (int256 eq, uint256 initial,) = _health(msg.sender, a.openMask, balance);
         if (eq < int256(initial)) revert InsufficientMargin(eq, initial);
-        a.collateral = int192(collateral - int256(amount));
+        a.balance = int192(balance);
         if (!token.transfer(msg.sender, amount)) revert TransferFailed();
-        emit Withdrawn(msg.sender, amount, a.collateral);
+        emit Withdrawn(msg.sender, amount, balance);
     }
 
     /// Cancel every version of (trader, salt). Only the trader may.
@@ -583,8 +585,8 @@ contract Exchange {
         if (!_applyToSide(ts, -signedMaker, price, mkt.params.maxPosition)) return SKIP_POSITION_LIMIT;
         uint256 makerFee = _ceilDivU(uint256(amount) * price * mkt.params.makerFee, SIZE_ONE * PPM);
         uint256 takerFee = _ceilDivU(uint256(amount) * price * mkt.params.takerFee, SIZE_ONE * PPM);
-        ms.collateral -= int256(makerFee);
-        ts.collateral -= int256(takerFee);
+        ms.balance -= int256(makerFee * SIZE_ONE);
+        ts.balance -= int256(takerFee * SIZE_ONE);
         if (!_healthyAfter(ms, maker.market)) return SKIP_MARGIN_MAKER;
         if (!_healthyAfter(ts, taker.market)) return SKIP_MARGIN_TAKER;
 
@@ -643,7 +645,7 @@ contract Exchange {
         s.position = positions[trader][market];
         // Settle funding on this position before it changes.
         s.fundingOwed = _fundingOwed(s.position, index);
-        s.collateral = int256(s.account.collateral) - s.fundingOwed;
+        s.balance = int256(s.account.balance) - s.fundingOwed * int256(SIZE_ONE);
         s.position.fundingIndex = index;
     }
 
@@ -655,16 +657,14 @@ contract Exchange {
         int256 p = int256(uint256(price));
         int256 newSize = size + q;
         if (_abs(newSize) > maxPosition) return false;
+        s.balance -= q * p;
         if (size == 0 || (size > 0) == (q > 0)) {
             cost += q * p;
             s.shrankOnly = false;
         } else if (_abs(q) <= _abs(size)) {
-            int256 released = cost * int256(_abs(q)) / int256(_abs(size));
-            s.collateral += _floorDiv(-q * p - released, int256(SIZE_ONE));
-            cost -= released;
+            cost -= cost * int256(_abs(q)) / int256(_abs(size));
             s.shrankOnly = true;
         } else {
-            s.collateral += _floorDiv(size * p - cost, int256(SIZE_ONE));
             cost = newSize * p;
             s.shrankOnly = false;
         }
@@ -678,18 +678,15 @@ contract Exchange {
         if (s.position.size != 0) mask |= uint64(1) << market;
         else mask &= ~(uint64(1) << market);
         s.account.openMask = mask;
-        (int256 eq, uint256 initial, uint256 maintenance) =
-            _healthWith(s.trader, mask, s.collateral, market, s.position);
+        (int256 eq, uint256 initial, uint256 maintenance) = _healthWith(s.trader, mask, s.balance, market, s.position);
         return eq >= int256(s.shrankOnly ? maintenance : initial);
     }
 
     function _storeSide(Side memory s, uint32 market) internal {
         positions[s.trader][market] = s.position;
-        accounts[s.trader] = Account({collateral: int192(s.collateral), openMask: s.account.openMask});
+        accounts[s.trader] = Account({balance: int192(s.balance), openMask: s.account.openMask});
         if (s.fundingOwed != 0) fundingPool += s.fundingOwed;
-        emit AccountUpdated(
-            s.trader, market, s.position.size, s.position.cost, s.position.fundingIndex, s.collateral
-        );
+        emit AccountUpdated(s.trader, market, s.position.size, s.position.cost, s.position.fundingIndex, s.balance);
     }
 
     // ------------------------------------------------------------------------------------------------ liquidation
@@ -702,7 +699,7 @@ contract Exchange {
         if (!mkt.exists || mkt.oraclePrice == 0) revert UnknownMarket(market);
         {
             Account memory a = accounts[trader];
-            (int256 eq,, uint256 maintenance) = _health(trader, a.openMask, a.collateral);
+            (int256 eq,, uint256 maintenance) = _health(trader, a.openMask, a.balance);
             if (eq >= int256(maintenance)) revert AccountHealthy(eq, maintenance);
         }
         Side memory t = _loadSide(trader, market, mkt.fundingIndex);
@@ -711,32 +708,35 @@ contract Exchange {
         uint64 price = mkt.oraclePrice;
         int256 q = size > 0 ? -int256(uint256(amount)) : int256(uint256(amount)); // the trader's closing side
         _applyToSide(t, q, price, type(uint64).max);
+        _healthyAfter(t, market); // sets the trader's open-market mask
         uint256 penalty = _ceilDivU(uint256(amount) * price * mkt.params.liqPenalty, SIZE_ONE * PPM);
-        if (t.collateral <= 0) penalty = 0;
-        else if (int256(penalty) > t.collateral) penalty = uint256(t.collateral);
-        t.collateral -= int256(penalty);
+        {
+            (int256 eqAfter,,) = _healthWith(trader, t.account.openMask, t.balance, market, t.position);
+            int256 cap = eqAfter > 0 ? eqAfter / int256(SIZE_ONE) : int256(0);
+            if (int256(penalty) > cap) penalty = uint256(cap);
+        }
+        t.balance -= int256(penalty * SIZE_ONE);
         insuranceFund += int256(penalty);
 
         Side memory l = _loadSide(msg.sender, market, mkt.fundingIndex);
         if (!_applyToSide(l, -q, price, mkt.params.maxPosition)) revert BadLiquidation(3);
         l.shrankOnly = false; // the liquidator must end above initial margin whatever it took over
         if (!_healthyAfter(l, market)) {
-            (int256 eq, uint256 initial,) = _healthWith(msg.sender, l.account.openMask, l.collateral, market, l.position);
+            (int256 eq, uint256 initial,) = _healthWith(msg.sender, l.account.openMask, l.balance, market, l.position);
             revert InsufficientMargin(eq, initial);
         }
-        _healthyAfter(t, market); // updates the trader's open-market mask
-        int256 covered = 0;
-        if (t.account.openMask == 0 && t.collateral < 0) {
-            int256 deficit = -t.collateral;
+        int256 uncovered = 0;
+        if (t.account.openMask == 0 && t.balance < 0) {
+            int256 deficit = _ceilDiv(-t.balance, int256(SIZE_ONE));
             int256 fromInsurance = insuranceFund >= deficit ? deficit : (insuranceFund > 0 ? insuranceFund : int256(0));
             insuranceFund -= fromInsurance;
-            badDebt += deficit - fromInsurance;
-            covered = deficit - fromInsurance;
-            t.collateral = 0;
+            uncovered = deficit - fromInsurance;
+            badDebt += uncovered;
+            t.balance += deficit * int256(SIZE_ONE);
         }
         _storeSide(t, market);
         _storeSide(l, market);
-        emit Liquidated(trader, msg.sender, market, amount, price, penalty, covered);
+        emit Liquidated(trader, msg.sender, market, amount, price, penalty, uncovered);
     }
 
     // ------------------------------------------------------------------------------------------------ margin math
@@ -745,25 +745,25 @@ contract Exchange {
         return _ceilDiv(int256(p.size) * (int256(index) - int256(p.fundingIndex)), int256(SIZE_ONE));
     }
 
-    function _health(address trader, uint64 mask, int256 collateral)
+    function _health(address trader, uint64 mask, int256 balance)
         internal
         view
         returns (int256 eq, uint256 initial, uint256 maintenance)
     {
         Position memory none;
-        return _healthWith(trader, mask, collateral, type(uint32).max, none);
+        return _healthWith(trader, mask, balance, type(uint32).max, none);
     }
 
-    /// Equity and requirements at oracle prices, with `override_` standing in for the stored position in
-    /// `overrideMarket` (its funding already settled into `collateral`).
+    /// Equity and requirements (scaled: atoms x SIZE_ONE) at oracle prices, with `override_` standing in for the
+    /// stored position in `overrideMarket` (its funding already settled into `balance`).
     function _healthWith(
         address trader,
         uint64 mask,
-        int256 collateral,
+        int256 balance,
         uint32 overrideMarket,
         Position memory override_
     ) internal view returns (int256 eq, uint256 initial, uint256 maintenance) {
-        eq = collateral;
+        eq = balance;
         while (mask != 0) {
             uint32 m = uint32(_lowestBit(mask));
             mask &= mask - 1;
@@ -773,13 +773,13 @@ contract Exchange {
                 p = override_;
             } else {
                 p = positions[trader][m];
-                eq -= _fundingOwed(p, mkt.fundingIndex);
+                eq -= _fundingOwed(p, mkt.fundingIndex) * int256(SIZE_ONE);
             }
             int256 oraclePrice = int256(uint256(mkt.oraclePrice));
-            eq += _floorDiv(int256(p.size) * oraclePrice - int256(p.cost), int256(SIZE_ONE));
+            eq += int256(p.size) * oraclePrice;
             uint256 notional = _abs(int256(p.size)) * uint256(oraclePrice);
-            initial += _ceilDivU(notional * mkt.params.imr, SIZE_ONE * PPM);
-            maintenance += _ceilDivU(notional * mkt.params.mmr, SIZE_ONE * PPM);
+            initial += _ceilDivU(notional * mkt.params.imr, PPM);
+            maintenance += _ceilDivU(notional * mkt.params.mmr, PPM);
         }
     }
 
@@ -797,11 +797,6 @@ contract Exchange {
     /// Rounds toward +infinity (d > 0).
     function _ceilDiv(int256 x, int256 d) internal pure returns (int256) {
         return x > 0 ? (x + d - 1) / d : x / d;
-    }
-
-    /// Rounds toward -infinity (d > 0).
-    function _floorDiv(int256 x, int256 d) internal pure returns (int256) {
-        return x >= 0 ? x / d : -((-x + d - 1) / d);
     }
 
     function _ceilDivU(uint256 x, uint256 d) internal pure returns (uint256) {
@@ -890,9 +885,10 @@ contract Exchange {
         return markets[id];
     }
 
-    function getAccount(address trader) external view returns (int256 collateral, uint64 openMask) {
+    /// The account's balance (collateral atoms x SIZE_ONE, exact) and its mask of markets with a position.
+    function getAccount(address trader) external view returns (int256 balance, uint64 openMask) {
         Account memory a = accounts[trader];
-        return (a.collateral, a.openMask);
+        return (a.balance, a.openMask);
     }
 
     function getPosition(address trader, uint32 market) external view returns (Position memory) {
@@ -905,10 +901,11 @@ contract Exchange {
         return (uint64(st), st & CANCELLED_BIT != 0);
     }
 
-    /// Equity and initial / maintenance requirements at the current oracle prices (unsettled funding included).
+    /// Equity and initial / maintenance requirements at the current oracle prices (unsettled funding included),
+    /// scaled like balances (collateral atoms x SIZE_ONE).
     function getHealth(address trader) external view returns (int256 equity, uint256 initial, uint256 maintenance) {
         Account memory a = accounts[trader];
-        return _health(trader, a.openMask, a.collateral);
+        return _health(trader, a.openMask, a.balance);
     }
 
     function getRelayers() external view returns (address[] memory, uint16 threshold, uint64 version) {
