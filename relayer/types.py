@@ -97,6 +97,19 @@ class SignedOrder:
 
 
 @dataclass(frozen=True, slots=True)
+class Fill:
+    """One fill of a batch (EIP-712 type ``Fill``): ``amount`` base atoms between two entries of the batch's order list.
+
+    ``maker`` and ``taker`` are indices (``uint16``) into the batch's ordered list of order hashes
+    (``Batch.orders``); the fill executes at the maker's price.
+    """
+
+    maker: int
+    taker: int
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
 class SignedCancel:
     """A trader-signed cancel of every version of (trader, salt)."""
 
