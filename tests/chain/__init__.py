@@ -1,0 +1,1 @@
+"""Tests of relayer.chain: JSON-RPC clients and the anvil launcher."""
