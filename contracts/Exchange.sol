@@ -656,7 +656,8 @@ contract Exchange {
         int256 cost = s.position.cost;
         int256 p = int256(uint256(price));
         int256 newSize = size + q;
-        if (_abs(newSize) > maxPosition) return false;
+        // A position above the limit (say after updateMarket lowered it) may still shrink.
+        if (_abs(newSize) > maxPosition && _abs(newSize) >= _abs(size)) return false;
         s.balance -= q * p;
         if (size == 0 || (size > 0) == (q > 0)) {
             cost += q * p;
@@ -668,6 +669,11 @@ contract Exchange {
             cost = newSize * p;
             s.shrankOnly = false;
         }
+        // Checked narrowing (unreachable within docs/units.md bounds, but never a silent truncation).
+        if (
+            newSize > type(int64).max || cost > type(int128).max || cost < type(int128).min
+                || s.balance > type(int192).max || s.balance < type(int192).min
+        ) return false;
         s.position.size = int64(newSize);
         s.position.cost = int128(cost);
         return true;
