@@ -20,7 +20,7 @@ PIP_QUIET := 2> >(grep -v "^WARNING: Location 'file:" >&2)
 
 BENCHES := $(patsubst benchmarks/bench_%.py,%,$(wildcard benchmarks/bench_*.py))
 
-.PHONY: help install system-deps test-system-deps build container lint fmt test run devnet abis bindings bench \
+.PHONY: help install system-deps test-system-deps build container lint fmt test run devnet abis bindings check-generated bench \
         $(addprefix bench-,$(BENCHES)) soak docs lock clean distclean
 
 help: ## Show every target with what it does.
@@ -97,11 +97,17 @@ run: install ## Run a node from ./config.json (CONFIG=path to use another).
 devnet: install ## Local chain + contracts + a multi-node relayer network with live order flow (arrives with issue #8).
 	$(BIN)/relayer devnet
 
-abis: install ## Compile contracts/ with the pinned solc-js into abis/ (arrives with the contracts issue, #3).
-	@echo "make abis: the contracts and their compiler step arrive with the contracts issue (#3)" >&2; exit 3
+abis: install ## Compile contracts/ with the pinned solc-js into abis/ (deterministic; stale artifacts removed).
+	$(PY) -m relayer.codegen.compile --contracts contracts --out abis
 
-bindings: install ## Generate typed Python bindings in bindings/ from abis/ (arrives with the contracts issue, #3).
-	@echo "make bindings: the bindings generator arrives with the contracts issue (#3)" >&2; exit 3
+bindings: install ## Generate typed Python bindings in bindings/ from abis/ (never edited by hand; CI diffs them).
+	$(PY) -m relayer.codegen.abigen --abis abis --out bindings
+
+check-generated: abis bindings ## Recompile abis/ and regenerate bindings/, and fail if either differs from what is committed.
+	@git diff --exit-code --stat -- abis bindings || \
+	  { echo "abis/ or bindings/ are stale: run make abis bindings and commit the result" >&2; exit 1; }
+	@untracked=$$(git status --porcelain -- abis bindings); [ -z "$$untracked" ] || \
+	  { echo "untracked generated files: $$untracked" >&2; exit 1; }
 
 bench: install ## Run every benchmark; each writes out/bench/NAME.json and prints its figures.
 	@for b in $(BENCHES); do $(PY) -m benchmarks.run $$b; done
