@@ -278,7 +278,7 @@ class World:
         await self.oracle_send(ex.encode_set_oracle_price(market, price), "setOraclePrice")
 
     async def accounting_identity(self) -> tuple[int, int]:
-        """(token balance of the exchange, Σ balances / SIZE_ONE + fees + insurance + funding pool − bad debt)."""
+        """(token balance of the exchange, Σ balances / SIZE_ONE + fees + insurance + funding pool - bad debt)."""
         balances = [int((await self.account(p)).balance) for p in self.traders.values()]
         total = sum(balances)
         assert total % ONE == 0, f"Σ balances {total} is not a whole number of atoms"
