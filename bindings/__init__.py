@@ -1,5 +1,7 @@
 """Typed Python bindings generated from abis/ by the project's own generator (`make bindings`).
 
-The generator and the exchange contract's bindings arrive with the contracts issue (#3); this package is where they
-land, checked by mypy --strict like relayer/.
+One module per compiled contract (relayer.codegen.abigen): frozen dataclasses for structs, typed
+encoders and decoders for every function, event classes that decode raw JSON-RPC logs, and custom
+errors as exceptions.
+Never edited by hand: CI regenerates them and fails on any difference (`make check-generated`).
 """

@@ -649,3 +649,15 @@ def test_sample_on_anvil(sample: ModuleType, chain: tuple[AnvilProcess, Rpc]) ->
     assert isinstance(unauthorized, sample.UnauthorizedError) and unauthorized.who == sender
     assert revert(6) is None  # revert() without data
     assert sample.decode_fail_result(rpc.eth_call(s.fail(7, 9))) == 9
+
+
+def test_package_files_are_recreated_when_missing(tmp_path: Path) -> None:
+    """`rm -rf bindings && make bindings` must give back exactly what is committed, package files included."""
+    from relayer.codegen import abigen as ag
+
+    repo_bindings = Path(__file__).resolve().parents[2] / "bindings"
+    out = tmp_path / "bindings"
+    ag.generate(Path(__file__).resolve().parents[2] / "abis", out)
+    for name, content in ag.PACKAGE_FILES.items():
+        assert (out / name).read_text() == content
+        assert (repo_bindings / name).read_text() == content, f"bindings/{name} differs from what abigen writes"
