@@ -25,7 +25,8 @@ BENCHES := $(patsubst benchmarks/bench_%.py,%,$(wildcard benchmarks/bench_*.py))
 
 help: ## Show every target with what it does.
 	@echo "perp-relayer: make TARGET"
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_%-]+:.*## / {printf "  %-17s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_%$$(), -]+:.*## / {name = $$1; if (name ~ /addprefix bench-/) name = "bench-NAME"; \
+	  printf "  %-17s %s\n", name, $$2}' $(MAKEFILE_LIST)
 	@echo "Benchmarks: $(addprefix bench-,$(BENCHES))"
 
 system-deps: ## Make sure the GMP headers are present (libp2p's fastecdsa compiles against them); apt-get as root.
@@ -112,7 +113,7 @@ check-generated: abis bindings ## Recompile abis/ and regenerate bindings/, and 
 bench: install ## Run every benchmark; each writes out/bench/NAME.json and prints its figures.
 	@for b in $(BENCHES); do $(PY) -m benchmarks.run $$b; done
 
-bench-%: install ## Run one benchmark, e.g. make bench-crypto.
+$(addprefix bench-,$(BENCHES)): bench-%: install ## Run one benchmark, e.g. make bench-gas (gas per fill on anvil).
 	$(PY) -m benchmarks.run $*
 
 soak: install ## 10-minute steady load with faults (arrives with the cluster issue, #9).

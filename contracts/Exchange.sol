@@ -22,6 +22,8 @@ contract Exchange {
     uint256 internal constant MAX_PRICE_BOUND = 1 << 62;
     uint256 internal constant MAX_SIZE_BOUND = 1 << 62;
     uint256 internal constant MAX_FEE = 100_000;
+    uint256 internal constant MAX_DEPOSIT = 1 << 96;
+    uint32 internal constant NO_MARKET = type(uint32).max;
 
     uint8 internal constant FLAG_POST_ONLY = 1;
     uint8 internal constant FLAG_REDUCE_ONLY = 2;
@@ -135,11 +137,22 @@ contract Exchange {
         int64 fundingIndex;
     }
 
-    /// One storage slot: balance (int192, collateral atoms x SIZE_ONE: an exact quote balance, docs/units.md)
-    /// | mask of markets with an open position (uint64).
+    /// One storage slot: balance (int128, collateral atoms x SIZE_ONE: an exact quote balance, docs/units.md)
+    /// | mask of markets with an open position (uint64) | cancelUpTo salt (uint64). Everything a fill reads of an
+    /// account is in this one slot.
     struct Account {
-        int192 balance;
+        int128 balance;
         uint64 openMask;
+        uint64 cancelledUpTo;
+    }
+
+    /// A market as read once per batch (and reused while consecutive fills stay in it).
+    struct MarketCache {
+        uint32 id;
+        bool ok;
+        uint64 oraclePrice;
+        int64 fundingIndex;
+        MarketParams params;
     }
 
     /// In-memory working state of one side of a fill.
@@ -165,7 +178,6 @@ contract Exchange {
     mapping(address => mapping(uint256 => Position)) internal positions;
     /// (trader, salt) -> filled amount (low 64 bits) | CANCELLED_BIT
     mapping(address => mapping(uint64 => uint256)) internal orderState;
-    mapping(address => uint64) public cancelledUpTo;
 
     uint64 public lastSeq;
     bytes32 public lastBatchHash;
@@ -195,7 +207,9 @@ contract Exchange {
     event Withdrawn(address indexed trader, uint256 amount, int256 balance);
     event OrderCancelled(address indexed trader, uint64 salt);
     event CancelledUpTo(address indexed trader, uint64 salt);
-    /// A settled fill with both orders' new fill counters. Positions follow as AccountUpdated events.
+    /// A settled fill: both orders' new fill counters, the fees, and both traders' new balance and position size in
+    /// the market (position cost and funding index follow from docs/units.md; AccountUpdated carries them where a
+    /// fill is not the cause).
     event OrderFilled(
         uint64 indexed seq,
         address indexed maker,
@@ -212,7 +226,11 @@ contract Exchange {
         uint64 makerFilled,
         uint64 takerFilled,
         uint256 makerFee,
-        uint256 takerFee
+        uint256 takerFee,
+        int256 makerBalance,
+        int256 takerBalance,
+        int64 makerSize,
+        int64 takerSize
     );
     event FillSkipped(uint64 indexed seq, uint256 fillIndex, bytes32 makerHash, bytes32 takerHash, uint8 reason);
     /// The full new state of a trader's position in one market and of its (scaled) balance.
@@ -391,14 +409,14 @@ contract Exchange {
         Market storage m = markets[market];
         if (!m.exists) revert UnknownMarket(market);
         uint64 max = m.params.maxFundingDelta;
-        if ((delta >= 0 ? uint64(delta) : uint64(-int64(delta))) > max) revert FundingDeltaTooLarge(delta, max);
+        if (_abs(int256(delta)) > max) revert FundingDeltaTooLarge(delta, max);
         m.fundingIndex += delta;
         emit FundingUpdated(market, delta, m.fundingIndex);
     }
 
     function withdrawFees(address to, uint256 amount) external onlyOwner {
         if (to == address(0)) revert ZeroAddress();
-        if (int256(amount) > feesCollected) revert InsufficientCollateral(feesCollected, amount);
+        if (amount > MAX_DEPOSIT || int256(amount) > feesCollected) revert InsufficientCollateral(feesCollected, amount);
         feesCollected -= int256(amount);
         if (!token.transfer(to, amount)) revert TransferFailed();
         emit FeesWithdrawn(to, amount);
@@ -407,6 +425,7 @@ contract Exchange {
     /// Anyone may top up the insurance fund.
     function fundInsurance(uint256 amount) external {
         if (amount == 0) revert ZeroAmount();
+        if (amount > MAX_DEPOSIT) revert AmountTooLarge(amount);
         if (!token.transferFrom(msg.sender, address(this), amount)) revert TransferFailed();
         insuranceFund += int256(amount);
     }
@@ -414,22 +433,24 @@ contract Exchange {
     // ------------------------------------------------------------------------------------------------ traders
     function deposit(uint256 amount) external {
         if (amount == 0) revert ZeroAmount();
-        if (amount > uint256(1 << 127)) revert AmountTooLarge(amount);
+        if (amount > MAX_DEPOSIT) revert AmountTooLarge(amount);
         if (!token.transferFrom(msg.sender, address(this), amount)) revert TransferFailed();
         Account storage a = accounts[msg.sender];
-        a.balance += int192(int256(amount * SIZE_ONE));
+        int256 balance = int256(a.balance) + int256(amount * SIZE_ONE);
+        if (balance > type(int128).max) revert AmountTooLarge(amount);
+        a.balance = int128(balance);
         emit Deposited(msg.sender, amount, a.balance);
     }
 
     /// Withdraw only while the account stays above initial margin afterwards.
     function withdraw(uint256 amount) external {
         if (amount == 0) revert ZeroAmount();
-        if (amount > uint256(1 << 127)) revert AmountTooLarge(amount);
+        if (amount > MAX_DEPOSIT) revert AmountTooLarge(amount);
         Account storage a = accounts[msg.sender];
         int256 balance = int256(a.balance) - int256(amount * SIZE_ONE);
         (int256 eq, uint256 initial,) = _health(msg.sender, a.openMask, balance);
         if (eq < int256(initial)) revert InsufficientMargin(eq, initial);
-        a.balance = int192(balance);
+        a.balance = int128(balance);
         if (!token.transfer(msg.sender, amount)) revert TransferFailed();
         emit Withdrawn(msg.sender, amount, balance);
     }
@@ -443,9 +464,10 @@ contract Exchange {
 
     /// Cancel every order of the sender with salt < `salt`.
     function cancelUpTo(uint64 salt) external {
-        uint64 current = cancelledUpTo[msg.sender];
+        Account storage a = accounts[msg.sender];
+        uint64 current = a.cancelledUpTo;
         if (salt <= current) revert SaltNotIncreasing(current, salt);
-        cancelledUpTo[msg.sender] = salt;
+        a.cancelledUpTo = salt;
         emit CancelledUpTo(msg.sender, salt);
     }
 
@@ -472,12 +494,16 @@ contract Exchange {
         uint8[] memory sigState = new uint8[](nOrders);
         uint256 applied;
         uint256 skipped;
+        MarketCache memory mc;
+        mc.id = NO_MARKET;
         for (uint256 i = 0; i < b.fills.length; i++) {
             Fill calldata f = b.fills[i];
             if (f.maker >= nOrders || f.taker >= nOrders) revert FillIndexOutOfRange(i);
             uint8 reason = _checkSignatures(b, hashes, sigState, f);
             if (reason == 0) {
-                reason = _settleFill(seq, i, b.orders[f.maker].order, b.orders[f.taker].order, hashes[f.maker], hashes[f.taker], f.amount);
+                reason = _settleFill(
+                    seq, i, b.orders[f.maker].order, b.orders[f.taker].order, hashes[f.maker], hashes[f.taker], f.amount, mc
+                );
             }
             if (reason == 0) {
                 applied++;
@@ -523,6 +549,15 @@ contract Exchange {
         return 0;
     }
 
+    function _loadMarket(MarketCache memory mc, uint32 id) internal view {
+        Market storage m = markets[id];
+        mc.id = id;
+        mc.ok = m.exists && m.oraclePrice != 0;
+        mc.oraclePrice = m.oraclePrice;
+        mc.fundingIndex = m.fundingIndex;
+        mc.params = m.params;
+    }
+
     /// Checks one fill and applies it, or returns the reason it is skipped (nothing changes then).
     function _settleFill(
         uint64 seq,
@@ -531,106 +566,114 @@ contract Exchange {
         Order calldata taker,
         bytes32 makerHash,
         bytes32 takerHash,
-        uint64 amount
+        uint64 amount,
+        MarketCache memory mc
     ) internal returns (uint8) {
-        if (maker.trader == taker.trader) return SKIP_SELF_TRADE;
-        if (maker.market != taker.market || maker.side == taker.side || maker.side > 1 || taker.side > 1) {
+        address makerTrader = maker.trader;
+        address takerTrader = taker.trader;
+        if (makerTrader == takerTrader) return SKIP_SELF_TRADE;
+        uint32 market = maker.market;
+        uint8 makerSide = maker.side;
+        if (market != taker.market || makerSide == taker.side || makerSide > 1 || taker.side > 1) {
             return SKIP_MARKET_MISMATCH;
         }
-        Market storage mkt = markets[maker.market];
-        if (!mkt.exists || mkt.oraclePrice == 0) return SKIP_MARKET_MISMATCH;
+        if (mc.id != market) _loadMarket(mc, market);
+        if (!mc.ok) return SKIP_MARKET_MISMATCH;
         if (maker.expiry <= block.timestamp || taker.expiry <= block.timestamp) return SKIP_EXPIRED;
-        {
-            Order calldata buy = maker.side == 0 ? maker : taker;
-            Order calldata sell = maker.side == 0 ? taker : maker;
-            if (buy.price < sell.price) return SKIP_NO_CROSS;
-        }
+        uint64 price = maker.price;
+        if (makerSide == 0 ? price < taker.price : taker.price < price) return SKIP_NO_CROSS;
         // Maker = the order earlier by (createdAt, hash): the proposer cannot pick the price.
         if (maker.createdAt > taker.createdAt || (maker.createdAt == taker.createdAt && makerHash >= takerHash)) {
             return SKIP_WRONG_MAKER;
         }
         if (taker.flags & FLAG_POST_ONLY != 0) return SKIP_POST_ONLY_TAKER;
-        {
-            uint8 r = _checkOrderBounds(maker, mkt.params);
-            if (r == 0) r = _checkOrderBounds(taker, mkt.params);
-            if (r != 0) return r;
-        }
-        if (amount == 0) return SKIP_BOUNDS;
-        if (!_triggerHolds(maker, mkt.oraclePrice) || !_triggerHolds(taker, mkt.oraclePrice)) return SKIP_TRIGGER;
+        if (amount == 0 || !_boundsOk(maker, mc.params) || !_boundsOk(taker, mc.params)) return SKIP_BOUNDS;
+        if (!_triggerHolds(maker, mc.oraclePrice) || !_triggerHolds(taker, mc.oraclePrice)) return SKIP_TRIGGER;
 
-        uint256 makerState = orderState[maker.trader][maker.salt];
-        uint256 takerState = orderState[taker.trader][taker.salt];
+        Side memory ms = _loadSide(makerTrader, market, mc.fundingIndex);
+        Side memory ts = _loadSide(takerTrader, market, mc.fundingIndex);
+        uint256 makerState = orderState[makerTrader][maker.salt];
+        uint256 takerState = orderState[takerTrader][taker.salt];
         if (
             makerState & CANCELLED_BIT != 0 || takerState & CANCELLED_BIT != 0
-                || maker.salt < cancelledUpTo[maker.trader] || taker.salt < cancelledUpTo[taker.trader]
+                || maker.salt < ms.account.cancelledUpTo || taker.salt < ts.account.cancelledUpTo
         ) return SKIP_CANCELLED;
-        uint64 makerFilled = uint64(makerState);
-        uint64 takerFilled = uint64(takerState);
-        if (uint256(makerFilled) + amount > maker.amount || uint256(takerFilled) + amount > taker.amount) {
-            return SKIP_OVERFILL;
-        }
+        uint256 makerFilled = uint64(makerState) + uint256(amount);
+        uint256 takerFilled = uint64(takerState) + uint256(amount);
+        if (makerFilled > maker.amount || takerFilled > taker.amount) return SKIP_OVERFILL;
+        // FOK: only in one fill of the whole amount (so never partly).
         if (
-            (maker.flags & FLAG_FOK != 0 && (makerFilled != 0 || amount != maker.amount))
-                || (taker.flags & FLAG_FOK != 0 && (takerFilled != 0 || amount != taker.amount))
+            (maker.flags & FLAG_FOK != 0 && (uint64(makerState) != 0 || amount != maker.amount))
+                || (taker.flags & FLAG_FOK != 0 && (uint64(takerState) != 0 || amount != taker.amount))
         ) return SKIP_FOK;
-
-        uint64 price = maker.price;
-        Side memory ms = _loadSide(maker.trader, maker.market, mkt.fundingIndex);
-        Side memory ts = _loadSide(taker.trader, taker.market, mkt.fundingIndex);
         if (!_reduceOnlyOk(maker, ms.position.size, amount) || !_reduceOnlyOk(taker, ts.position.size, amount)) {
             return SKIP_REDUCE_ONLY;
         }
-        int256 signedMaker = maker.side == 0 ? int256(uint256(amount)) : -int256(uint256(amount));
-        if (!_applyToSide(ms, signedMaker, price, mkt.params.maxPosition)) return SKIP_POSITION_LIMIT;
-        if (!_applyToSide(ts, -signedMaker, price, mkt.params.maxPosition)) return SKIP_POSITION_LIMIT;
-        uint256 makerFee = _ceilDivU(uint256(amount) * price * mkt.params.makerFee, SIZE_ONE * PPM);
-        uint256 takerFee = _ceilDivU(uint256(amount) * price * mkt.params.takerFee, SIZE_ONE * PPM);
+        int256 signedMaker = makerSide == 0 ? int256(uint256(amount)) : -int256(uint256(amount));
+        uint64 maxPosition = mc.params.maxPosition;
+        if (!_applyToSide(ms, signedMaker, price, maxPosition) || !_applyToSide(ts, -signedMaker, price, maxPosition))
+        {
+            return SKIP_POSITION_LIMIT;
+        }
+        uint256 notional = uint256(amount) * price;
+        uint256 makerFee = _ceilDivU(notional * mc.params.makerFee, SIZE_ONE * PPM);
+        uint256 takerFee = _ceilDivU(notional * mc.params.takerFee, SIZE_ONE * PPM);
         ms.balance -= int256(makerFee * SIZE_ONE);
         ts.balance -= int256(takerFee * SIZE_ONE);
-        if (!_healthyAfter(ms, maker.market)) return SKIP_MARGIN_MAKER;
-        if (!_healthyAfter(ts, taker.market)) return SKIP_MARGIN_TAKER;
+        if (!_healthyAfter(ms, mc)) return SKIP_MARGIN_MAKER;
+        if (!_healthyAfter(ts, mc)) return SKIP_MARGIN_TAKER;
 
         // Everything checked: write.
-        orderState[maker.trader][maker.salt] = makerState + amount;
-        orderState[taker.trader][taker.salt] = takerState + amount;
-        _storeSide(ms, maker.market);
-        _storeSide(ts, taker.market);
+        orderState[makerTrader][maker.salt] = makerState + amount;
+        orderState[takerTrader][taker.salt] = takerState + amount;
+        _storeSide(ms, market);
+        _storeSide(ts, market);
         feesCollected += int256(makerFee + takerFee);
         emit OrderFilled(
             seq,
-            maker.trader,
-            taker.trader,
+            makerTrader,
+            takerTrader,
             fillIndex,
             makerHash,
             takerHash,
             maker.salt,
             taker.salt,
-            maker.market,
+            market,
             taker.side,
             price,
             amount,
-            makerFilled + amount,
-            takerFilled + amount,
+            uint64(makerFilled),
+            uint64(takerFilled),
             makerFee,
-            takerFee
+            takerFee,
+            ms.balance,
+            ts.balance,
+            ms.position.size,
+            ts.position.size
         );
         return 0;
     }
 
-    function _checkOrderBounds(Order calldata o, MarketParams storage p) internal view returns (uint8) {
-        if (o.flags & ~KNOWN_FLAGS != 0 || o.triggerKind > TRIGGER_TAKE_PROFIT) return SKIP_BOUNDS;
-        if (o.price == 0 || o.price > p.maxPrice || o.price % p.tick != 0) return SKIP_BOUNDS;
-        if (o.amount < p.minSize || o.amount > p.maxOrderSize) return SKIP_BOUNDS;
-        return 0;
+    function _boundsOk(Order calldata o, MarketParams memory p) internal pure returns (bool) {
+        uint64 orderPrice = o.price;
+        uint64 orderAmount = o.amount;
+        uint8 kind = o.triggerKind;
+        uint64 trigger = o.triggerPrice;
+        return o.flags & ~KNOWN_FLAGS == 0 && kind <= TRIGGER_TAKE_PROFIT
+            && (kind == TRIGGER_NONE ? trigger == 0 : trigger != 0 && trigger <= p.maxPrice) && orderPrice != 0
+            && orderPrice <= p.maxPrice && orderPrice % p.tick == 0 && orderAmount >= p.minSize
+            && orderAmount <= p.maxOrderSize;
     }
 
     function _triggerHolds(Order calldata o, uint64 oraclePrice) internal pure returns (bool) {
-        if (o.triggerKind == TRIGGER_NONE) return true;
+        uint8 kind = o.triggerKind;
+        if (kind == TRIGGER_NONE) return true;
         bool buy = o.side == 0;
-        if (o.triggerKind == TRIGGER_STOP_LOSS) {
-            return buy ? oraclePrice >= o.triggerPrice : oraclePrice <= o.triggerPrice;
+        uint64 trigger = o.triggerPrice;
+        if (kind == TRIGGER_STOP_LOSS) {
+            return buy ? oraclePrice >= trigger : oraclePrice <= trigger;
         }
-        return buy ? oraclePrice <= o.triggerPrice : oraclePrice >= o.triggerPrice;
+        return buy ? oraclePrice <= trigger : oraclePrice >= trigger;
     }
 
     function _reduceOnlyOk(Order calldata o, int64 size, uint64 amount) internal pure returns (bool) {
@@ -656,14 +699,17 @@ contract Exchange {
         int256 cost = s.position.cost;
         int256 p = int256(uint256(price));
         int256 newSize = size + q;
+        uint256 absNew = _abs(newSize);
+        uint256 absOld = _abs(size);
         // A position above the limit (say after updateMarket lowered it) may still shrink.
-        if (_abs(newSize) > maxPosition && _abs(newSize) >= _abs(size)) return false;
-        s.balance -= q * p;
+        if (absNew > maxPosition && absNew >= absOld) return false;
+        int256 value = q * p;
+        s.balance -= value;
         if (size == 0 || (size > 0) == (q > 0)) {
-            cost += q * p;
+            cost += value;
             s.shrankOnly = false;
-        } else if (_abs(q) <= _abs(size)) {
-            cost -= cost * int256(_abs(q)) / int256(_abs(size));
+        } else if (_abs(q) <= absOld) {
+            cost -= cost * int256(_abs(q)) / int256(absOld);
             s.shrankOnly = true;
         } else {
             cost = newSize * p;
@@ -672,26 +718,30 @@ contract Exchange {
         // Checked narrowing (unreachable within docs/units.md bounds, but never a silent truncation).
         if (
             newSize > type(int64).max || cost > type(int128).max || cost < type(int128).min
-                || s.balance > type(int192).max || s.balance < type(int192).min
+                || s.balance > type(int128).max || s.balance < type(int128).min
         ) return false;
         s.position.size = int64(newSize);
         s.position.cost = int128(cost);
         return true;
     }
 
-    function _healthyAfter(Side memory s, uint32 market) internal view returns (bool) {
-        uint64 mask = s.account.openMask;
-        if (s.position.size != 0) mask |= uint64(1) << market;
-        else mask &= ~(uint64(1) << market);
+    function _healthyAfter(Side memory s, MarketCache memory mc) internal view returns (bool) {
+        uint64 bit = uint64(1) << mc.id;
+        uint64 mask = s.position.size != 0 ? s.account.openMask | bit : s.account.openMask & ~bit;
         s.account.openMask = mask;
-        (int256 eq, uint256 initial, uint256 maintenance) = _healthWith(s.trader, mask, s.balance, market, s.position);
+        (int256 eq, uint256 initial, uint256 maintenance) = _healthWith(s.trader, mask, s.balance, mc, s.position);
         return eq >= int256(s.shrankOnly ? maintenance : initial);
     }
 
     function _storeSide(Side memory s, uint32 market) internal {
         positions[s.trader][market] = s.position;
-        accounts[s.trader] = Account({balance: int192(s.balance), openMask: s.account.openMask});
+        accounts[s.trader] = Account({
+            balance: int128(s.balance), openMask: s.account.openMask, cancelledUpTo: s.account.cancelledUpTo
+        });
         if (s.fundingOwed != 0) fundingPool += s.fundingOwed;
+    }
+
+    function _emitAccount(Side memory s, uint32 market) internal {
         emit AccountUpdated(s.trader, market, s.position.size, s.position.cost, s.position.fundingIndex, s.balance);
     }
 
@@ -701,34 +751,35 @@ contract Exchange {
     /// insurance fund, and the caller must end above initial margin.
     function liquidate(address trader, uint32 market, uint64 amount) external {
         if (trader == msg.sender) revert BadLiquidation(1);
-        Market storage mkt = markets[market];
-        if (!mkt.exists || mkt.oraclePrice == 0) revert UnknownMarket(market);
+        MarketCache memory mc;
+        _loadMarket(mc, market);
+        if (!mc.ok) revert UnknownMarket(market);
         {
             Account memory a = accounts[trader];
             (int256 eq,, uint256 maintenance) = _health(trader, a.openMask, a.balance);
             if (eq >= int256(maintenance)) revert AccountHealthy(eq, maintenance);
         }
-        Side memory t = _loadSide(trader, market, mkt.fundingIndex);
+        Side memory t = _loadSide(trader, market, mc.fundingIndex);
         int64 size = t.position.size;
         if (amount == 0 || size == 0 || _abs(int256(size)) < amount) revert BadLiquidation(2);
-        uint64 price = mkt.oraclePrice;
+        uint64 price = mc.oraclePrice;
         int256 q = size > 0 ? -int256(uint256(amount)) : int256(uint256(amount)); // the trader's closing side
-        _applyToSide(t, q, price, type(uint64).max);
-        _healthyAfter(t, market); // sets the trader's open-market mask
-        uint256 penalty = _ceilDivU(uint256(amount) * price * mkt.params.liqPenalty, SIZE_ONE * PPM);
+        if (!_applyToSide(t, q, price, type(uint64).max)) revert BadLiquidation(4);
+        _healthyAfter(t, mc); // sets the trader's open-market mask
+        uint256 penalty = _ceilDivU(uint256(amount) * price * mc.params.liqPenalty, SIZE_ONE * PPM);
         {
-            (int256 eqAfter,,) = _healthWith(trader, t.account.openMask, t.balance, market, t.position);
+            (int256 eqAfter,,) = _healthWith(trader, t.account.openMask, t.balance, mc, t.position);
             int256 cap = eqAfter > 0 ? eqAfter / int256(SIZE_ONE) : int256(0);
             if (int256(penalty) > cap) penalty = uint256(cap);
         }
         t.balance -= int256(penalty * SIZE_ONE);
         insuranceFund += int256(penalty);
 
-        Side memory l = _loadSide(msg.sender, market, mkt.fundingIndex);
-        if (!_applyToSide(l, -q, price, mkt.params.maxPosition)) revert BadLiquidation(3);
+        Side memory l = _loadSide(msg.sender, market, mc.fundingIndex);
+        if (!_applyToSide(l, -q, price, mc.params.maxPosition)) revert BadLiquidation(3);
         l.shrankOnly = false; // the liquidator must end above initial margin whatever it took over
-        if (!_healthyAfter(l, market)) {
-            (int256 eq, uint256 initial,) = _healthWith(msg.sender, l.account.openMask, l.balance, market, l.position);
+        if (!_healthyAfter(l, mc)) {
+            (int256 eq, uint256 initial,) = _healthWith(msg.sender, l.account.openMask, l.balance, mc, l.position);
             revert InsufficientMargin(eq, initial);
         }
         int256 uncovered = 0;
@@ -742,6 +793,8 @@ contract Exchange {
         }
         _storeSide(t, market);
         _storeSide(l, market);
+        _emitAccount(t, market);
+        _emitAccount(l, market);
         emit Liquidated(trader, msg.sender, market, amount, price, penalty, uncovered);
     }
 
@@ -756,36 +809,47 @@ contract Exchange {
         view
         returns (int256 eq, uint256 initial, uint256 maintenance)
     {
-        Position memory none;
-        return _healthWith(trader, mask, balance, type(uint32).max, none);
+        MarketCache memory none;
+        none.id = NO_MARKET;
+        Position memory unused;
+        return _healthWith(trader, mask, balance, none, unused);
     }
 
-    /// Equity and requirements (scaled: atoms x SIZE_ONE) at oracle prices, with `override_` standing in for the
-    /// stored position in `overrideMarket` (its funding already settled into `balance`).
+    /// Equity and requirements (scaled: atoms x SIZE_ONE) at oracle prices. For market `mc.id`, `current` stands in
+    /// for the stored position (its funding already settled into `balance`) and `mc` for the stored market.
     function _healthWith(
         address trader,
         uint64 mask,
         int256 balance,
-        uint32 overrideMarket,
-        Position memory override_
+        MarketCache memory mc,
+        Position memory current
     ) internal view returns (int256 eq, uint256 initial, uint256 maintenance) {
         eq = balance;
         while (mask != 0) {
             uint32 m = uint32(_lowestBit(mask));
             mask &= mask - 1;
-            Market storage mkt = markets[m];
-            Position memory p;
-            if (m == overrideMarket) {
-                p = override_;
+            int256 size;
+            uint256 oraclePrice;
+            uint256 imr;
+            uint256 mmr;
+            if (m == mc.id) {
+                size = current.size;
+                oraclePrice = mc.oraclePrice;
+                imr = mc.params.imr;
+                mmr = mc.params.mmr;
             } else {
-                p = positions[trader][m];
+                Market storage mkt = markets[m];
+                Position memory p = positions[trader][m];
+                size = p.size;
+                oraclePrice = mkt.oraclePrice;
+                imr = mkt.params.imr;
+                mmr = mkt.params.mmr;
                 eq -= _fundingOwed(p, mkt.fundingIndex) * int256(SIZE_ONE);
             }
-            int256 oraclePrice = int256(uint256(mkt.oraclePrice));
-            eq += int256(p.size) * oraclePrice;
-            uint256 notional = _abs(int256(p.size)) * uint256(oraclePrice);
-            initial += _ceilDivU(notional * mkt.params.imr, PPM);
-            maintenance += _ceilDivU(notional * mkt.params.mmr, PPM);
+            eq += size * int256(oraclePrice);
+            uint256 notional = _abs(size) * oraclePrice;
+            initial += _ceilDivU(notional * imr, PPM);
+            maintenance += _ceilDivU(notional * mmr, PPM);
         }
     }
 
@@ -895,6 +959,11 @@ contract Exchange {
     function getAccount(address trader) external view returns (int256 balance, uint64 openMask) {
         Account memory a = accounts[trader];
         return (a.balance, a.openMask);
+    }
+
+    /// Salts below this are cancelled for `trader` (cancelUpTo).
+    function cancelledUpTo(address trader) external view returns (uint64) {
+        return accounts[trader].cancelledUpTo;
     }
 
     function getPosition(address trader, uint32 market) external view returns (Position memory) {

@@ -94,7 +94,7 @@ MAX_FEE_RATE = 100_000
 """Fee rates are at most 10% (ppm)."""
 MAX_LIQ_PENALTY = 100_000
 """The liquidation penalty is at most 10% of the liquidated notional (ppm)."""
-MAX_DEPOSIT = 2**127
+MAX_DEPOSIT = 2**96
 """The largest single deposit or withdrawal, in atoms (the contract's ``AmountTooLarge``)."""
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -113,7 +113,7 @@ class MarginError(RelayerError):
 
 class BoundsError(MarginError):
     """A value left the integer type the contract stores it in (``reason``: ``size_int64``, ``cost_int128``,
-    ``funding_index_int64``, ``balance_int192``)."""
+    ``funding_index_int64``, ``balance_int128``)."""
 
 
 def _check_range(value: int, low: int, high: int, reason: str) -> None:
@@ -175,7 +175,7 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class Account:
-    """An account: ``balance`` (int192, collateral atoms x ``SIZE_ONE``, the exact quote balance; a long's is
+    """An account: ``balance`` (int128, collateral atoms x ``SIZE_ONE``, the exact quote balance; a long's is
     typically negative) and its open positions by market id.
 
     Flat positions are dropped, so ``positions`` holds exactly the markets of the contract's open-market mask.
@@ -186,7 +186,7 @@ class Account:
     positions: Mapping[int, Position] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_range(self.balance, INT192_MIN, INT192_MAX, "balance_int192")
+        _check_range(self.balance, INT128_MIN, INT128_MAX, "balance_int128")
         open_positions: dict[int, Position] = {}
         for market, position in sorted(self.positions.items()):
             if not 0 <= market < MAX_MARKETS:
@@ -435,7 +435,7 @@ def can_withdraw(account: Account, markets: Mapping[int, MarketParams], amount: 
     unrealized profit. ``amount`` outside ``1 .. MAX_DEPOSIT`` is refused by the contract before any margin check
     (``ZeroAmount`` / ``AmountTooLarge``): :class:`MarginError` with reason ``amount``."""
     if not 1 <= amount <= MAX_DEPOSIT:
-        raise MarginError("amount", f"a withdrawal is 1 .. 2**127 atoms, got {amount}")
+        raise MarginError("amount", f"a withdrawal is 1 .. 2**96 atoms, got {amount}")
     return equity(account, markets) - amount * SIZE_ONE >= initial_requirement(account, markets)
 
 

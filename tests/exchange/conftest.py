@@ -39,10 +39,14 @@ async def world(exchange_anvil: AnvilProcess, deployed_snapshot: dict[str, objec
         control = AnvilControl(rpc)
         with trio.fail_after(30):
             w = await World.create_from(rpc, control, exchange_anvil.chain_id, deployed_snapshot["deployment"])
-        yield w
-        with trio.fail_after(30):
-            held, accounted = await w.accounting_identity()
+        try:
+            yield w
+            with trio.fail_after(30):
+                held, accounted = await w.accounting_identity()
             assert held == accounted, f"accounting identity broken: token balance {held} != {accounted}"
-            # evm_revert consumes the snapshot: take a fresh one at the same state for the next test.
-            await control.revert(str(deployed_snapshot["snapshot"]))
-            deployed_snapshot["snapshot"] = await control.snapshot()
+        finally:
+            # Always back to the deployed state, even when the test or the identity failed (no state leaks into
+            # the next test). evm_revert consumes the snapshot: take a fresh one at the same state.
+            with trio.fail_after(30):
+                await control.revert(str(deployed_snapshot["snapshot"]))
+                deployed_snapshot["snapshot"] = await control.snapshot()

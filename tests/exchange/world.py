@@ -81,6 +81,7 @@ class World:
     seq: int = 0
     last_hash: bytes = b"\0" * 32
     set_version: int = 1
+    rpc_url: str = ""
 
     # ------------------------------------------------------------------------------------------ setup
     @classmethod
