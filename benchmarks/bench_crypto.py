@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from eth_keys import keys
 from eth_keys.backends import get_backend
 from eth_utils import keccak
 
-
-def _rate(fn: Callable[[int], object], n: int) -> float:
-    started = time.perf_counter()
-    for i in range(n):
-        fn(i)
-    return n / (time.perf_counter() - started)
+from benchmarks.run import rate
 
 
 def run() -> dict[str, float | int | str]:
@@ -25,7 +17,7 @@ def run() -> dict[str, float | int | str]:
     return {
         "backend": type(get_backend()).__name__,
         "iterations": n,
-        "sign_per_s": _rate(lambda i: pk.sign_msg_hash(digests[i]), n),
-        "recover_per_s": _rate(lambda i: sigs[i].recover_public_key_from_msg_hash(digests[i]), n),
-        "keccak256_per_s": _rate(lambda i: keccak(digests[i]), n),
+        "sign_per_s": rate(lambda i: pk.sign_msg_hash(digests[i]), n),
+        "recover_per_s": rate(lambda i: sigs[i].recover_public_key_from_msg_hash(digests[i]), n),
+        "keccak256_per_s": rate(lambda i: keccak(digests[i]), n),
     }

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
+from benchmarks.run import rate
 from relayer import eip712
 from relayer.keys import RelayerKey
 from relayer.types import Address, Fill, MarketId, Order, OrderFlag, Salt, Side, TriggerKind
-
-
-def _rate(fn: Callable[[int], object], n: int) -> float:
-    started = time.perf_counter()
-    for i in range(n):
-        fn(i)
-    return n / (time.perf_counter() - started)
 
 
 def run() -> dict[str, float | int | str]:
@@ -41,14 +32,14 @@ def run() -> dict[str, float | int | str]:
     signatures = [eip712.sign_digest(key, d) for d in digests]
     hashes = digests[:1000]
     fills = [Fill(i, i + 1, 100_000_000) for i in range(999)]
-    batch_rate = _rate(lambda i: eip712.batch_digest(domain, i + 1, 0, bytes(32), 1, 1, hashes, fills), 50)
+    batch_rate = rate(lambda i: eip712.batch_digest(domain, i + 1, 0, bytes(32), 1, 1, hashes, fills), 50)
     return {
         "iterations": n,
-        "order_digest_per_s": _rate(lambda i: eip712.order_digest(domain, orders[i]), n),
-        "validate_order_per_s": _rate(lambda i: eip712.validate_order(orders[i]), n),
-        "recover_per_s": _rate(lambda i: eip712.recover_address_bytes(digests[i], signatures[i]), n),
-        "recover_checksummed_per_s": _rate(lambda i: eip712.recover(digests[i], signatures[i]), n),
-        "orders_hashed_and_recovered_per_s": _rate(lambda i: eip712.verify_order(domain, orders[i], signatures[i]), n),
-        "sign_per_s": _rate(lambda i: eip712.sign_digest(key, digests[i]), n),
+        "order_digest_per_s": rate(lambda i: eip712.order_digest(domain, orders[i]), n),
+        "validate_order_per_s": rate(lambda i: eip712.validate_order(orders[i]), n),
+        "recover_per_s": rate(lambda i: eip712.recover_address_bytes(digests[i], signatures[i]), n),
+        "recover_checksummed_per_s": rate(lambda i: eip712.recover(digests[i], signatures[i]), n),
+        "orders_hashed_and_recovered_per_s": rate(lambda i: eip712.verify_order(domain, orders[i], signatures[i]), n),
+        "sign_per_s": rate(lambda i: eip712.sign_digest(key, digests[i]), n),
         "batch_digest_1000_orders_999_fills_per_s": batch_rate,
     }

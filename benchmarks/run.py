@@ -10,9 +10,18 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def rate(fn: Callable[[int], object], n: int) -> float:
+    """Calls per second of ``fn(i)`` for ``i`` in ``range(n)`` (wall clock, perf_counter)."""
+    started = time.perf_counter()
+    for i in range(n):
+        fn(i)
+    return n / (time.perf_counter() - started)
 
 
 def main(argv: list[str]) -> int:
