@@ -1009,6 +1009,7 @@ class GenerateReport:
     written: tuple[Path, ...]
     unchanged: tuple[Path, ...]
     removed: tuple[Path, ...]
+    package_files: tuple[Path, ...] = ()  # __init__.py / py.typed recreated because they were missing
 
 
 def is_generated(path: Path) -> bool:
@@ -1061,11 +1062,12 @@ def generate(abis_dir: Path, out_dir: Path, *, ruff: Path | None = None) -> Gene
     ]
     for path in removed:
         path.unlink()
+    package_files = []
     for name, content in PACKAGE_FILES.items():
         if not (out_dir / name).exists():
             (out_dir / name).write_text(content, encoding="utf-8")
-            written.append(out_dir / name)
-    return GenerateReport(tuple(written), tuple(unchanged), tuple(removed))
+            package_files.append(out_dir / name)
+    return GenerateReport(tuple(written), tuple(unchanged), tuple(removed), tuple(package_files))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1089,6 +1091,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"abigen: wrote {path}")
     for path in report.removed:
         print(f"abigen: removed stale {path}")
+    for path in report.package_files:
+        print(f"abigen: wrote package file {path}")
     total = len(report.written) + len(report.unchanged)
     print(
         f"abigen: {total} module(s) in {args.out} ({len(report.written)} written, {len(report.unchanged)} unchanged, "
