@@ -436,10 +436,133 @@ def status() -> None:
     _not_yet("`relayer status`", "the node issue (#8)")
 
 
-@cli.group(invoke_without_command=True)
+# ------------------------------------------------------------------------------------------------------------- db
+
+
+def _data_dir(config_file: Path | None, data_dir: Path | None) -> tuple[Path, int]:
+    """The store directory and pruning horizon from --data-dir, or else from the config (default ./config.json)."""
+    from relayer.config import StoreSection, load_config
+
+    if data_dir is not None:
+        if config_file is not None:
+            raise click.UsageError("give --config or --data-dir, not both")
+        return data_dir, StoreSection().prune_horizon_blocks
+    cfg = load_config(config_file or Path("config.json"))
+    return cfg.node.data_dir, cfg.store.prune_horizon_blocks
+
+
+_config_opt = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Node config whose node.data_dir to open (default ./config.json).",
+)
+_data_dir_opt = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Open this data directory instead of the config's.",
+)
+
+
+@cli.group()
 def db() -> None:
-    """Inspect a node's LevelDB store: stats, get-order, export, compact (arrives with the store issue, #5)."""
-    _not_yet("`relayer db`", "the store issue (#5)")
+    """Inspect and maintain a node's LevelDB store (docs/store.md).
+
+    The store is locked while a node runs: these commands open it themselves, so run them on a stopped node (a
+    running one makes them fail with a clear error, never corrupts it).
+    """
+
+
+@db.command("stats")
+@_config_opt
+@_data_dir_opt
+def db_stats(config_file: Path | None, data_dir: Path | None) -> None:
+    """Print record counts and sizes per keyspace, the schema version, chain cursor and input log position (JSON)."""
+    from relayer.store import Store
+
+    path, _ = _data_dir(config_file, data_dir)
+    with Store.open(path, create=False) as store:
+        click.echo(json.dumps(store.stats(), indent=2))
+
+
+@db.command("get-order")
+@click.argument("order_hash", metavar="HASH")
+@_config_opt
+@_data_dir_opt
+def db_get_order(order_hash: str, config_file: Path | None, data_dir: Path | None) -> None:
+    """Print the stored order with hash HASH (0x + 64 hex digits) as JSON; exit 1 if it is not stored."""
+    from relayer.store import Store
+    from relayer.store.inspect import order_json
+
+    text = order_hash.removeprefix("0x")
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise click.BadParameter("expected 0x followed by 64 hex digits", param_hint="HASH")
+    path, _ = _data_dir(config_file, data_dir)
+    with Store.open(path, create=False) as store:
+        rec = store.get_order(raw)
+    if rec is None:
+        click.echo(f"error: no order 0x{raw.hex()} in {path}", err=True)
+        raise SystemExit(EXIT_ERROR)
+    click.echo(json.dumps(order_json(rec), indent=2))
+
+
+@db.command("export")
+@_config_opt
+@_data_dir_opt
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to this file instead of standard output.",
+)
+def db_export(config_file: Path | None, data_dir: Path | None, out: Path | None) -> None:
+    """Export every record as JSON lines: keyspace, key (hex and decoded) and decoded value."""
+    from relayer.store import Store
+    from relayer.store.inspect import export
+
+    path, _ = _data_dir(config_file, data_dir)
+    with Store.open(path, create=False) as store:
+        lines = (json.dumps(row, sort_keys=True) + "\n" for row in export(store))
+        if out is None:
+            for line in lines:
+                click.echo(line, nl=False)
+        else:
+            with out.open("w", encoding="utf-8") as fh:
+                fh.writelines(lines)
+
+
+@db.command("compact")
+@_config_opt
+@_data_dir_opt
+@click.option(
+    "--horizon-blocks",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Override store.prune_horizon_blocks of the config.",
+)
+def db_compact(config_file: Path | None, data_dir: Path | None, horizon_blocks: int | None) -> None:
+    """Prune final data older than the horizon (counted back from the chain cursor), then compact LevelDB."""
+    from relayer.store import Store
+
+    path, horizon = _data_dir(config_file, data_dir)
+    with Store.open(path, create=False) as store:
+        cursor = store.get_cursor()
+        if cursor is None:
+            store.compact()
+            click.echo("no chain cursor yet: nothing is final, nothing pruned; compacted")
+            return
+        result = store.prune(cursor.number, horizon if horizon_blocks is None else horizon_blocks)
+    click.echo(
+        f"pruned below block {cursor.number - (horizon if horizon_blocks is None else horizon_blocks)}: "
+        + ", ".join(f"{name} {getattr(result, name)}" for name in result.__dataclass_fields__)
+        + "; compacted"
+    )
 
 
 def main() -> None:

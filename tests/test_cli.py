@@ -169,7 +169,7 @@ def test_every_command_has_help(args: list[str], cli_env: dict[str, str]) -> Non
 
 @pytest.mark.parametrize(
     ("args", "issue"),
-    [(["devnet"], "#8"), (["order"], "#8"), (["book"], "#8"), (["status"], "#8"), (["db"], "#5")],
+    [(["devnet"], "#8"), (["order"], "#8"), (["book"], "#8"), (["status"], "#8")],
 )
 def test_commands_of_later_issues_say_so(args: list[str], issue: str, cli_env: dict[str, str]) -> None:
     out = run(args, cli_env)
