@@ -1,0 +1,386 @@
+"""The order book: open orders per market in canonical priority (docs/matcher.md "Book").
+
+Pure: events in (:meth:`Book.apply`), outputs out; no I/O, no clock. Each side of a market is a
+``sortedcontainers.SortedList`` of priority keys: bids ``(-price, createdAt, hash)``, asks ``(price, createdAt,
+hash)``, so the first entry is the best and ties fall to the earlier createdAt, then the smaller hash (compared as
+the contract compares ``bytes32``). Orders rest between batches; the book may be crossed until the next batch is
+built. Fill counters live in :class:`~relayer.matcher.model.ChainState`, not here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sortedcontainers import SortedList
+
+from relayer.matcher.model import Batch, SkipReason
+from relayer.types import Address, Hash32, MarketId, Order, OrderFlag, Salt, Side, SignedOrder, TriggerKind
+
+__all__ = [
+    "AddOrder",
+    "Book",
+    "Cancel",
+    "CancelUpTo",
+    "Event",
+    "OracleUpdate",
+    "Output",
+    "Retire",
+    "trigger_holds",
+]
+
+PriorityKey = tuple[int, int, bytes]
+_REVIVABLE = frozenset({SkipReason.BOUNDS, SkipReason.MARKET_MISMATCH})
+
+
+@dataclass(frozen=True, slots=True)
+class AddOrder:
+    order: SignedOrder
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Cancel every version of (trader, salt), now and later (a signed cancel or an on-chain one)."""
+
+    trader: Address
+    salt: Salt
+
+
+@dataclass(frozen=True, slots=True)
+class CancelUpTo:
+    """Cancel every salt below ``salt`` of ``trader``."""
+
+    trader: Address
+    salt: Salt
+
+
+@dataclass(frozen=True, slots=True)
+class OracleUpdate:
+    """A confirmed oracle price: conditional orders whose trigger it crosses enter the book."""
+
+    market: MarketId
+    price: int
+
+
+@dataclass(frozen=True, slots=True)
+class Retire:
+    """Drop what a batch cancelled (self-trade prevention) and found dead."""
+
+    batch: Batch
+
+
+Event = AddOrder | Cancel | CancelUpTo | OracleUpdate | Retire
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """What an event did to one order. ``kind``: ``accepted``, ``parked`` (conditional, waiting for its trigger),
+    ``activated`` (trigger crossed), ``replaced`` (an older version, by an amendment), ``cancelled``, ``removed``
+    (retired by a batch), ``rejected`` (``reason`` says why)."""
+
+    kind: str
+    hash: Hash32
+    reason: str = ""
+
+
+def trigger_holds(order: Order, oracle_price: int) -> bool:
+    """The contract's trigger rule (docs/units.md): stop-loss buy ``p >= t``, sell ``p <= t``; take-profit the
+    reverse; an order without a trigger always holds."""
+    kind = order.trigger_kind
+    if kind == TriggerKind.NONE:
+        return True
+    buy = order.side == Side.BUY
+    if kind == TriggerKind.STOP_LOSS:
+        return oracle_price >= order.trigger_price if buy else oracle_price <= order.trigger_price
+    return oracle_price <= order.trigger_price if buy else oracle_price >= order.trigger_price
+
+
+def priority_key(order: Order, order_hash: bytes) -> PriorityKey:
+    price = -order.price if order.side == Side.BUY else order.price
+    return (price, order.created_at, order_hash)
+
+
+class _MarketBook:
+    __slots__ = ("asks", "bids")
+
+    def __init__(self) -> None:
+        self.bids: SortedList = SortedList()
+        self.asks: SortedList = SortedList()
+
+    def side(self, side: Side) -> SortedList:
+        return self.bids if side == Side.BUY else self.asks
+
+
+class Book:
+    """Open orders of every market. ``ioc_window`` is the network's IOC window in seconds: an IOC order must have
+    ``expiry == createdAt + ioc_window`` (then it is a short GTT order)."""
+
+    def __init__(self, ioc_window: int = 60) -> None:
+        self.ioc_window = ioc_window
+        self.orders: dict[bytes, SignedOrder] = {}  # active: in a market's sorted lists
+        self.parked: dict[bytes, SignedOrder] = {}  # conditional orders waiting for their trigger
+        self.current: dict[tuple[Address, Salt], bytes] = {}  # (trader, salt) -> hash of the live version
+        self.superseded: set[bytes] = set()  # older versions, refused if they come again
+        self.cancelled: set[tuple[Address, Salt]] = set()
+        self.cancelled_up_to: dict[Address, int] = {}
+        self.salts: dict[Address, set[int]] = {}  # live salts per trader (for cancel-up-to)
+        self.oracle: dict[int, int] = {}  # last confirmed oracle price per market
+        self.markets: dict[int, _MarketBook] = {}
+
+    # --- queries -------------------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.orders) + len(self.parked)
+
+    def market_ids(self) -> list[int]:
+        return sorted(m for m, b in self.markets.items() if b.bids or b.asks)
+
+    def sides(self, market: int) -> tuple[SortedList, SortedList]:
+        book = self.markets.get(market)
+        if book is None:
+            return SortedList(), SortedList()
+        return book.bids, book.asks
+
+    def get(self, order_hash: bytes) -> SignedOrder | None:
+        return self.orders.get(order_hash) or self.parked.get(order_hash)
+
+    def best(self, market: int, side: Side) -> SignedOrder | None:
+        book = self.markets.get(market)
+        if book is None:
+            return None
+        keys = book.side(side)
+        return self.orders[keys[0][2]] if keys else None
+
+    def would_take(self, order: Order) -> bool:
+        """True when ``order``, arriving now, crosses a resting order of the other side (so a post-only order would
+        be the taker: refuse it at intake). Resting orders are all earlier, so any cross makes it the taker."""
+        best = self.best(order.market, order.side.opposite)
+        if best is None:
+            return False
+        other = best.order.price
+        return order.price >= other if order.side == Side.BUY else order.price <= other
+
+    def is_crossed(self, market: int) -> bool:
+        bids, asks = self.sides(market)
+        return bool(bids) and bool(asks) and -bids[0][0] >= asks[0][0]
+
+    # --- events --------------------------------------------------------------------------------------------------
+
+    def apply(self, event: Event) -> list[Output]:
+        if isinstance(event, AddOrder):
+            return self.add(event.order)
+        if isinstance(event, Cancel):
+            return self.cancel(event.trader, event.salt)
+        if isinstance(event, CancelUpTo):
+            return self.cancel_up_to(event.trader, event.salt)
+        if isinstance(event, OracleUpdate):
+            return self.oracle_update(event.market, event.price)
+        return self.retire(event.batch)
+
+    def add(self, signed: SignedOrder) -> list[Output]:
+        order, h = signed.order, signed.hash
+        key = order.key
+        reason = self._refusal(signed)
+        if reason:
+            return [Output("rejected", h, reason)]
+        out: list[Output] = []
+        old_hash = self.current.get(key)
+        if old_hash is not None:
+            self._remove(old_hash)
+            self.superseded.add(old_hash)
+            out.append(Output("replaced", Hash32(old_hash)))
+        self.current[key] = h
+        self.salts.setdefault(order.trader, set()).add(order.salt)
+        if order.trigger_kind != TriggerKind.NONE:
+            price = self.oracle.get(order.market)
+            if price is None or not trigger_holds(order, price):
+                self.parked[h] = signed
+                out.append(Output("parked", h))
+                return out
+        self._insert(signed)
+        out.append(Output("accepted", h))
+        return out
+
+    def _refusal(self, signed: SignedOrder) -> str:
+        order, h = signed.order, signed.hash
+        if h in self.orders or h in self.parked:
+            return "duplicate"
+        if h in self.superseded:
+            return "superseded"
+        if order.key in self.cancelled or order.salt < self.cancelled_up_to.get(order.trader, 0):
+            return "cancelled"
+        if order.amount <= 0 or order.price <= 0:
+            return "bounds"
+        if OrderFlag.IOC in order.flags and order.expiry != order.created_at + self.ioc_window:
+            return "ioc_window"
+        old_hash = self.current.get(order.key)
+        if old_hash is not None:
+            old = self.orders.get(old_hash) or self.parked[old_hash]
+            if order.created_at < old.order.created_at:
+                return "amend_backdated"
+            if order.created_at == old.order.created_at and (
+                order.amount >= old.order.amount
+                or order.price != old.order.price
+                or order.side != old.order.side
+                or order.market != old.order.market
+            ):
+                return "amend_priority"  # keeping createdAt is only for a pure shrink
+        return ""
+
+    def cancel(self, trader: Address, salt: Salt) -> list[Output]:
+        key = (trader, salt)
+        self.cancelled.add(key)
+        h = self.current.pop(key, None)
+        if h is None:
+            return []
+        self._remove(h)
+        self._drop_salt(trader, salt)
+        return [Output("cancelled", Hash32(h))]
+
+    def cancel_up_to(self, trader: Address, salt: Salt) -> list[Output]:
+        if salt <= self.cancelled_up_to.get(trader, 0):
+            return []
+        self.cancelled_up_to[trader] = salt
+        out: list[Output] = []
+        for s in sorted(x for x in self.salts.get(trader, ()) if x < salt):
+            h = self.current.pop((trader, Salt(s)))
+            self._remove(h)
+            self._drop_salt(trader, Salt(s))
+            out.append(Output("cancelled", Hash32(h)))
+        return out
+
+    def oracle_update(self, market: MarketId, price: int) -> list[Output]:
+        self.oracle[market] = price
+        hits = sorted(h for h, s in self.parked.items() if s.order.market == market and trigger_holds(s.order, price))
+        out: list[Output] = []
+        for h in hits:
+            self._insert(self.parked.pop(h))
+            out.append(Output("activated", Hash32(h)))
+        return out
+
+    def retire(self, batch: Batch) -> list[Output]:
+        """Drop the orders the batch cancelled (self-trade prevention) and the dead ones that can never fill again
+        (expired at the deadline, cancelled, filled, a FOK already filled in part). Orders dead only for the market's
+        current parameters (``BOUNDS``, ``MARKET_MISMATCH``) stay: an ``updateMarket`` may revive them."""
+        out: list[Output] = []
+        for item in (*batch.cancelled, *batch.dead):
+            if item.reason in _REVIVABLE:
+                continue
+            signed = self.get(item.hash)
+            if signed is None or self.current.get(signed.order.key) != item.hash:
+                continue
+            del self.current[signed.order.key]
+            self._remove(item.hash)
+            self.superseded.add(item.hash)  # gossip bringing it back again is refused
+            self._drop_salt(signed.order.trader, signed.order.salt)
+            out.append(Output("removed", item.hash, item.reason.name.lower()))
+        return out
+
+    # --- internals -----------------------------------------------------------------------------------------------
+
+    def _insert(self, signed: SignedOrder) -> None:
+        order = signed.order
+        self.orders[signed.hash] = signed
+        book = self.markets.get(order.market)
+        if book is None:
+            book = self.markets[order.market] = _MarketBook()
+        book.side(order.side).add(priority_key(order, signed.hash))
+
+    def _remove(self, h: bytes) -> None:
+        signed = self.orders.pop(h, None)
+        if signed is None:
+            self.parked.pop(h, None)
+            return
+        order = signed.order
+        self.markets[order.market].side(order.side).remove(priority_key(order, h))
+
+    def _drop_salt(self, trader: Address, salt: Salt) -> None:
+        salts = self.salts.get(trader)
+        if salts is not None:
+            salts.discard(salt)
+            if not salts:
+                del self.salts[trader]
+
+    # --- snapshot ------------------------------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """Canonical bytes of the whole book (JSON, sorted keys, no whitespace): equal books give equal bytes."""
+        doc: dict[str, Any] = {
+            "v": 1,
+            "ioc_window": self.ioc_window,
+            "orders": [_encode_order(self.orders[h]) for h in sorted(self.orders)],
+            "parked": [_encode_order(self.parked[h]) for h in sorted(self.parked)],
+            # the live versions are exactly orders + parked; the arrival order of versions is kept by superseded
+            "superseded": sorted(h.hex() for h in self.superseded),
+            "cancelled": sorted([t, s] for t, s in self.cancelled),
+            "cancelled_up_to": sorted([t, s] for t, s in self.cancelled_up_to.items()),
+            "oracle": sorted([m, p] for m, p in self.oracle.items()),
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    def state_hash(self) -> str:
+        """SHA-256 of :meth:`snapshot`, hex."""
+        return hashlib.sha256(self.snapshot()).hexdigest()
+
+    @classmethod
+    def restore(cls, data: bytes) -> Book:
+        doc = json.loads(data)
+        if doc.get("v") != 1:
+            raise ValueError("unknown book snapshot version")
+        book = cls(ioc_window=int(doc["ioc_window"]))
+        for item in doc["orders"]:
+            signed = _decode_order(item)
+            book._insert(signed)
+            book._track(signed)
+        for item in doc["parked"]:
+            signed = _decode_order(item)
+            book.parked[signed.hash] = signed
+            book._track(signed)
+        book.superseded = {bytes.fromhex(h) for h in doc["superseded"]}
+        book.cancelled = {(Address(t), Salt(s)) for t, s in doc["cancelled"]}
+        book.cancelled_up_to = {Address(t): int(s) for t, s in doc["cancelled_up_to"]}
+        book.oracle = {int(m): int(p) for m, p in doc["oracle"]}
+        return book
+
+    def _track(self, signed: SignedOrder) -> None:
+        self.current[signed.order.key] = signed.hash
+        self.salts.setdefault(signed.order.trader, set()).add(signed.order.salt)
+
+
+def _encode_order(signed: SignedOrder) -> list[Any]:
+    o = signed.order
+    return [
+        signed.hash.hex(),
+        signed.signature.hex(),
+        o.trader,
+        o.market,
+        int(o.side),
+        o.price,
+        o.amount,
+        o.salt,
+        o.created_at,
+        o.expiry,
+        int(o.flags),
+        int(o.trigger_kind),
+        o.trigger_price,
+    ]
+
+
+def _decode_order(item: list[Any]) -> SignedOrder:
+    h, sig, trader, market, side, price, amount, salt, created, expiry, flags, kind, trigger = item
+    order = Order(
+        trader=Address(trader),
+        market=MarketId(market),
+        side=Side(side),
+        price=price,
+        amount=amount,
+        salt=Salt(salt),
+        created_at=created,
+        expiry=expiry,
+        flags=OrderFlag(flags),
+        trigger_kind=TriggerKind(kind),
+        trigger_price=trigger,
+    )
+    return SignedOrder(order=order, signature=bytes.fromhex(sig), hash=Hash32(bytes.fromhex(h)))
