@@ -83,6 +83,8 @@ class ContractError(RelayerError):
 
     SIGNATURE: ClassVar[str] = ""
     SELECTOR: ClassVar[bytes] = b""
+    ARG_TYPES: ClassVar[tuple[str, ...]] = ()
+    """ABI types of the error's arguments, in ABI order."""
     FIELDS: ClassVar[tuple[str, ...]] = ()
     """Names of the attributes holding the error's arguments, in ABI order."""
 
@@ -92,7 +94,7 @@ class ContractError(RelayerError):
 
     def encode(self) -> bytes:
         """The revert data (selector + ABI-encoded arguments) a contract returns for this error."""
-        raise NotImplementedError
+        return encode_call(self.SELECTOR, self.ARG_TYPES, tuple(getattr(self, f) for f in self.FIELDS))
 
 
 class RevertReasonError(ContractError):

@@ -661,3 +661,30 @@ def test_package_files_are_recreated_when_missing(tmp_path: Path) -> None:
     for name, content in ag.PACKAGE_FILES.items():
         assert (out / name).read_text() == content
         assert (repo_bindings / name).read_text() == content, f"bindings/{name} differs from what abigen writes"
+
+
+def test_base_contract_error_encode_matches_every_generated_error() -> None:
+    """ContractError.encode is generic (selector + ARG_TYPES over FIELDS) and agrees with each generated override."""
+    import inspect
+
+    from bindings import exchange as ex
+    from relayer.codegen import ContractError
+
+    checked = 0
+    for _name, cls in inspect.getmembers(ex, inspect.isclass):
+        if issubclass(cls, ex.ExchangeError) and cls is not ex.ExchangeError:
+            values = [
+                1
+                if t.startswith(("uint", "int"))
+                else b"\x11" * 32
+                if t == "bytes32"
+                else "0x" + "22" * 20
+                if t == "address"
+                else 0
+                for t in getattr(cls, "ARG_TYPES", ())
+            ]
+            err = cls(*values)
+            assert ContractError.encode(err) == err.encode()
+            assert type(ex.decode_revert(err.encode())) is cls
+            checked += 1
+    assert checked >= 20
