@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from bisect import bisect_left, insort
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,7 @@ from relayer.types import Address, Hash32, MarketId, Order, OrderFlag, Salt, Sid
 __all__ = [
     "AddOrder",
     "Book",
+    "BookSide",
     "Cancel",
     "CancelUpTo",
     "Event",
@@ -32,7 +35,11 @@ __all__ = [
 ]
 
 PriorityKey = tuple[int, int, bytes]
+_BUY = Side.BUY
+_IOC = int(OrderFlag.IOC)
+_NO_TRIGGER = TriggerKind.NONE
 _REVIVABLE = frozenset({SkipReason.BOUNDS, SkipReason.MARKET_MISMATCH})
+_REASON_NAMES = {r: r.name.lower() for r in SkipReason}
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,19 +105,75 @@ def trigger_holds(order: Order, oracle_price: int) -> bool:
 
 
 def priority_key(order: Order, order_hash: bytes) -> PriorityKey:
-    price = -order.price if order.side == Side.BUY else order.price
+    price = -order.price if order.side == _BUY else order.price
     return (price, order.created_at, order_hash)
+
+
+class BookSide:
+    """One side of a market in priority order: price levels ``levels[p]`` (a list of ``(createdAt, hash)`` kept
+    sorted, C ``bisect``) under price keys ``p`` (``-price`` for bids, ``price`` for asks) in a ``SortedList`` that
+    changes only when a level opens or empties. Iterating gives the priority keys ``(p, createdAt, hash)`` from the
+    best, exactly the order of one ``SortedList`` of those keys; :meth:`hashes` gives just the hashes."""
+
+    __slots__ = ("count", "levels", "prices")
+
+    def __init__(self) -> None:
+        self.levels: dict[int, list[tuple[int, bytes]]] = {}
+        self.prices: SortedList = SortedList()
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def __iter__(self) -> Iterator[PriorityKey]:
+        levels = self.levels
+        for p in self.prices:
+            for created, h in levels[p]:
+                yield (p, created, h)
+
+    def hashes(self) -> Iterator[bytes]:
+        """The order hashes from the best."""
+        levels = self.levels
+        for p in self.prices:
+            for _created, h in levels[p]:
+                yield h
+
+    def first(self) -> PriorityKey:
+        p = self.prices[0]
+        created, h = self.levels[p][0]
+        return (p, created, h)
+
+    def add(self, p: int, created: int, h: bytes) -> None:
+        level = self.levels.get(p)
+        if level is None:
+            self.levels[p] = [(created, h)]
+            self.prices.add(p)
+        else:
+            insort(level, (created, h))
+        self.count += 1
+
+    def remove(self, p: int, created: int, h: bytes) -> None:
+        level = self.levels[p]
+        item = (created, h)
+        i = bisect_left(level, item)
+        if i == len(level) or level[i] != item:
+            raise ValueError(f"{h.hex()} is not in the book")
+        del level[i]
+        if not level:
+            del self.levels[p]
+            self.prices.remove(p)
+        self.count -= 1
 
 
 class _MarketBook:
     __slots__ = ("asks", "bids")
 
     def __init__(self) -> None:
-        self.bids: SortedList = SortedList()
-        self.asks: SortedList = SortedList()
-
-    def side(self, side: Side) -> SortedList:
-        return self.bids if side == Side.BUY else self.asks
+        self.bids = BookSide()
+        self.asks = BookSide()
 
 
 class Book:
@@ -137,10 +200,10 @@ class Book:
     def market_ids(self) -> list[int]:
         return sorted(m for m, b in self.markets.items() if b.bids or b.asks)
 
-    def sides(self, market: int) -> tuple[SortedList, SortedList]:
+    def sides(self, market: int) -> tuple[BookSide, BookSide]:
         book = self.markets.get(market)
         if book is None:
-            return SortedList(), SortedList()
+            return BookSide(), BookSide()
         return book.bids, book.asks
 
     def get(self, order_hash: bytes) -> SignedOrder | None:
@@ -150,8 +213,8 @@ class Book:
         book = self.markets.get(market)
         if book is None:
             return None
-        keys = book.side(side)
-        return self.orders[keys[0][2]] if keys else None
+        keys = book.bids if side == _BUY else book.asks
+        return self.orders[keys.first()[2]] if keys else None
 
     def would_take(self, order: Order) -> bool:
         """True when ``order``, arriving now, crosses a resting order of the other side (so a post-only order would
@@ -164,7 +227,7 @@ class Book:
 
     def is_crossed(self, market: int) -> bool:
         bids, asks = self.sides(market)
-        return bool(bids) and bool(asks) and -bids[0][0] >= asks[0][0]
+        return bool(bids) and bool(asks) and -bids.first()[0] >= asks.first()[0]
 
     # --- events --------------------------------------------------------------------------------------------------
 
@@ -181,19 +244,25 @@ class Book:
 
     def add(self, signed: SignedOrder) -> list[Output]:
         order, h = signed.order, signed.hash
-        key = order.key
-        reason = self._refusal(signed)
+        trader, salt = order.trader, order.salt
+        key = (trader, salt)
+        reason = self._refusal(signed, key)
         if reason:
             return [Output("rejected", h, reason)]
         out: list[Output] = []
-        old_hash = self.current.get(key)
+        current = self.current
+        old_hash = current.get(key)
         if old_hash is not None:
             self._remove(old_hash)
             self.superseded.add(old_hash)
             out.append(Output("replaced", Hash32(old_hash)))
-        self.current[key] = h
-        self.salts.setdefault(order.trader, set()).add(order.salt)
-        if order.trigger_kind != TriggerKind.NONE:
+        current[key] = h
+        salts = self.salts.get(trader)
+        if salts is None:
+            self.salts[trader] = {salt}
+        else:
+            salts.add(salt)
+        if order.trigger_kind != _NO_TRIGGER:
             price = self.oracle.get(order.market)
             if price is None or not trigger_holds(order, price):
                 self.parked[h] = signed
@@ -203,19 +272,19 @@ class Book:
         out.append(Output("accepted", h))
         return out
 
-    def _refusal(self, signed: SignedOrder) -> str:
+    def _refusal(self, signed: SignedOrder, key: tuple[Address, Salt]) -> str:
         order, h = signed.order, signed.hash
         if h in self.orders or h in self.parked:
             return "duplicate"
         if h in self.superseded:
             return "superseded"
-        if order.key in self.cancelled or order.salt < self.cancelled_up_to.get(order.trader, 0):
+        if key in self.cancelled or order.salt < self.cancelled_up_to.get(order.trader, 0):
             return "cancelled"
         if order.amount <= 0 or order.price <= 0:
             return "bounds"
-        if OrderFlag.IOC in order.flags and order.expiry != order.created_at + self.ioc_window:
+        if int(order.flags) & _IOC and order.expiry != order.created_at + self.ioc_window:
             return "ioc_window"
-        old_hash = self.current.get(order.key)
+        old_hash = self.current.get(key)
         if old_hash is not None:
             old = self.orders.get(old_hash) or self.parked[old_hash]
             if order.created_at < old.order.created_at:
@@ -265,17 +334,25 @@ class Book:
         (expired at the deadline, cancelled, filled, a FOK already filled in part). Orders dead only for the market's
         current parameters (``BOUNDS``, ``MARKET_MISMATCH``) stay: an ``updateMarket`` may revive them."""
         out: list[Output] = []
-        for item in (*batch.cancelled, *batch.dead):
-            if item.reason in _REVIVABLE:
-                continue
-            signed = self.get(item.hash)
-            if signed is None or self.current.get(signed.order.key) != item.hash:
-                continue
-            del self.current[signed.order.key]
-            self._remove(item.hash)
-            self.superseded.add(item.hash)  # gossip bringing it back again is refused
-            self._drop_salt(signed.order.trader, signed.order.salt)
-            out.append(Output("removed", item.hash, item.reason.name.lower()))
+        current, get = self.current, self.get
+        for group in (batch.cancelled, batch.dead):
+            for item in group:
+                reason = item.reason
+                if reason in _REVIVABLE:
+                    continue
+                h = item.hash
+                signed = get(h)
+                if signed is None:
+                    continue
+                order = signed.order
+                key = (order.trader, order.salt)
+                if current.get(key) != h:
+                    continue
+                del current[key]
+                self._remove(h)
+                self.superseded.add(h)  # gossip bringing it back again is refused
+                self._drop_salt(order.trader, order.salt)
+                out.append(Output("removed", h, _REASON_NAMES[reason]))
         return out
 
     # --- internals -----------------------------------------------------------------------------------------------
@@ -286,7 +363,10 @@ class Book:
         book = self.markets.get(order.market)
         if book is None:
             book = self.markets[order.market] = _MarketBook()
-        book.side(order.side).add(priority_key(order, signed.hash))
+        if order.side == _BUY:
+            book.bids.add(-order.price, order.created_at, signed.hash)
+        else:
+            book.asks.add(order.price, order.created_at, signed.hash)
 
     def _remove(self, h: bytes) -> None:
         signed = self.orders.pop(h, None)
@@ -294,7 +374,11 @@ class Book:
             self.parked.pop(h, None)
             return
         order = signed.order
-        self.markets[order.market].side(order.side).remove(priority_key(order, h))
+        book = self.markets[order.market]
+        if order.side == _BUY:
+            book.bids.remove(-order.price, order.created_at, h)
+        else:
+            book.asks.remove(order.price, order.created_at, h)
 
     def _drop_salt(self, trader: Address, salt: Salt) -> None:
         salts = self.salts.get(trader)
