@@ -148,6 +148,7 @@ contract Exchange {
 
     /// A market as read once per batch (and reused while consecutive fills stay in it).
     struct MarketCache {
+        uint256 fees; // settleBatch: fees of the fills applied so far, added to feesCollected at the end
         uint32 id;
         bool ok;
         uint64 oraclePrice;
@@ -155,14 +156,31 @@ contract Exchange {
         MarketParams params;
     }
 
-    /// In-memory working state of one side of a fill.
+    /// In-memory working state of one side of a fill: the account (balance with funding settled, openMask,
+    /// cancelledUpTo) and the position in the fill's market (size, cost, fundingIndex), flat so that one Side can be
+    /// reused for every fill of a batch.
     struct Side {
         address trader;
-        Account account;
-        Position position;
         int256 balance;
+        uint64 openMask;
+        uint64 cancelledUpTo;
+        int256 size;
+        int256 cost;
+        int256 fundingIndex;
         int256 fundingOwed;
         bool shrankOnly;
+        uint256 accountSlot; // storage slots of accounts[trader] and positions[trader][market]
+        uint256 positionSlot;
+    }
+
+    /// What settleBatch reuses for every fill: copies of the two orders, the two sides, OrderFilled's data.
+    struct FillScratch {
+        Order maker;
+        Order taker;
+        Side ms;
+        Side ts;
+        uint256 eventData;
+        uint256 makerIndex; // 1 + the index of the order in `maker` (0: none yet)
     }
 
     // ------------------------------------------------------------------------------------------------ storage
@@ -472,6 +490,15 @@ contract Exchange {
     }
 
     // ------------------------------------------------------------------------------------------------ settlement
+    // Gas notes. An order is 14 static words in calldata (Order: 11, Signature: 3) and a fill 3, laid out exactly
+    // like their abi.encode. Every order and fill field is range-checked once, in _hashOrders and _batchDigest (a
+    // dirty field reverts the transaction, as the ABI decoder does); after that the fill path reads the words raw and
+    // copies each order of a fill into one of two scratch structs allocated once per batch. The two working sides
+    // are allocated once per batch as well, so memory does not grow with the number of fills.
+    uint256 internal constant ORDER_BYTES = 352; // 11 words
+    uint256 internal constant SIGNED_ORDER_BYTES = 448; // 14 words
+    uint8 internal constant BOUNDS_OK = 4; // orderFlags bit: the order passed _boundsOk in this batch
+
     function settleBatch(Batch calldata b, Signature[] calldata sigs) external {
         uint64 seq = lastSeq + 1;
         if (b.seq != seq) revert BadSeq(seq, b.seq);
@@ -479,43 +506,99 @@ contract Exchange {
         if (block.timestamp > b.deadline) revert DeadlinePassed(b.deadline, block.timestamp);
         uint64 version = activeSetVersion;
         if (b.setVersion != version) revert WrongSetVersion(version, b.setVersion);
-        uint256 nOrders = b.orders.length;
+        SignedOrder[] calldata orders = b.orders;
+        uint256 nOrders = orders.length;
         if (nOrders > type(uint16).max) revert TooManyOrders(nOrders);
 
-        bytes32[] memory hashes = new bytes32[](nOrders);
         bytes32 domain = _domainSeparator();
-        for (uint256 i = 0; i < nOrders; i++) {
-            hashes[i] = _digest(domain, _orderStructHash(b.orders[i].order));
-        }
+        bytes32[] memory hashes = _hashOrders(orders, domain);
         bytes32 digest = _batchDigest(domain, b, hashes);
         _checkQuorum(digest, sigs, version);
 
-        // 0 = not checked yet, 1 = valid, 2 = invalid. Each order's signature is checked at most once.
-        uint8[] memory sigState = new uint8[](nOrders);
-        uint256 applied;
-        uint256 skipped;
-        MarketCache memory mc;
-        mc.id = NO_MARKET;
-        for (uint256 i = 0; i < b.fills.length; i++) {
-            Fill calldata f = b.fills[i];
-            if (f.maker >= nOrders || f.taker >= nOrders) revert FillIndexOutOfRange(i);
-            uint8 reason = _checkSignatures(b, hashes, sigState, f);
-            if (reason == 0) {
-                reason = _settleFill(
-                    seq, i, b.orders[f.maker].order, b.orders[f.taker].order, hashes[f.maker], hashes[f.taker], f.amount, mc
-                );
-            }
-            if (reason == 0) {
-                applied++;
-            } else {
-                skipped++;
-                emit FillSkipped(seq, i, hashes[f.maker], hashes[f.taker], reason);
-            }
-        }
+        (uint256 applied, uint256 skipped, uint256 fees) = _settleFills(seq, orders, b.fills, hashes);
+        if (fees != 0) feesCollected += int256(fees);
         lastSeq = seq;
         lastBatchHash = digest;
         activeSetVersion = setVersion; // the set in force now applies to the next batch
         emit BatchSettled(seq, digest, b.round, b.setVersion, applied, skipped, msg.sender);
+    }
+
+    /// Checks and applies (or skips) every fill of a batch whose header, digest and quorum were checked.
+    function _settleFills(uint64 seq, SignedOrder[] calldata orders, Fill[] calldata fills, bytes32[] memory hashes)
+        internal
+        returns (uint256 applied, uint256 skipped, uint256 fees)
+    {
+        uint256 nOrders = orders.length;
+        // Per order: signature 0 = not checked yet, 1 = valid, 2 = invalid (each order's signature is checked at most
+        // once), | BOUNDS_OK once the order passed _boundsOk (which depends only on the order and its market's
+        // parameters, fixed during a batch).
+        uint8[] memory sigState = new uint8[](nOrders);
+        MarketCache memory mc;
+        mc.id = NO_MARKET;
+        // Scratch reused by every fill (see "Gas notes" above); OrderFilled's data (17 words) and, after it, its
+        // seq topic: see _emitFilled.
+        FillScratch memory w;
+        {
+            uint256 eventData;
+            assembly ("memory-safe") {
+                eventData := mload(0x40)
+                mstore(0x40, add(eventData, 576))
+                mstore(add(eventData, 544), and(seq, 0xffffffffffffffff))
+            }
+            w.eventData = eventData;
+        }
+        uint256 nFills = fills.length;
+        for (uint256 i = 0; i < nFills;) {
+            uint256 mi;
+            uint256 ti;
+            uint64 amount;
+            assembly ("memory-safe") {
+                // Fields range-checked in _batchDigest.
+                let p := add(fills.offset, mul(i, 96))
+                mi := calldataload(p)
+                ti := calldataload(add(p, 32))
+                amount := calldataload(add(p, 64))
+            }
+            if (mi >= nOrders || ti >= nOrders) revert FillIndexOutOfRange(i);
+            uint8 reason = _checkSignatures(orders, hashes, sigState, mi, ti);
+            if (reason == 0) {
+                Order memory maker = w.maker;
+                Order memory taker = w.taker;
+                // Fields range-checked in _hashOrders; Order memory has the calldata layout. The maker copy is
+                // kept while the same maker order comes again (w.makerIndex: index + 1, 0 = none yet).
+                if (w.makerIndex != mi + 1) {
+                    assembly ("memory-safe") {
+                        calldatacopy(maker, add(orders.offset, mul(mi, SIGNED_ORDER_BYTES)), ORDER_BYTES)
+                    }
+                    w.makerIndex = mi + 1;
+                }
+                assembly ("memory-safe") {
+                    calldatacopy(taker, add(orders.offset, mul(ti, SIGNED_ORDER_BYTES)), ORDER_BYTES)
+                }
+                reason = _checkOrders(maker, taker, hashes, sigState, mi, ti, amount, mc);
+                if (reason == 0) {
+                    uint256 eventData = w.eventData;
+                    assembly ("memory-safe") {
+                        // mi, ti < nOrders == hashes.length (checked above)
+                        mstore(eventData, i)
+                        mstore(add(eventData, 32), mload(add(add(hashes, 32), shl(5, mi))))
+                        mstore(add(eventData, 64), mload(add(add(hashes, 32), shl(5, ti))))
+                    }
+                    reason = _applyFill(w, amount, mc);
+                }
+            }
+            // unchecked: applied + skipped <= i < nFills (a calldata length).
+            unchecked {
+                if (reason == 0) {
+                    applied++;
+                } else {
+                    skipped++;
+                    emit FillSkipped(seq, i, hashes[mi], hashes[ti], reason);
+                }
+                i++;
+            }
+        }
+        fees = mc.fees;
     }
 
     function _checkQuorum(bytes32 digest, Signature[] calldata sigs, uint64 version) internal view {
@@ -531,22 +614,55 @@ contract Exchange {
         }
     }
 
-    function _checkSignatures(Batch calldata b, bytes32[] memory hashes, uint8[] memory sigState, Fill calldata f)
-        internal
-        pure
-        returns (uint8)
-    {
-        uint256[2] memory idx = [uint256(f.maker), uint256(f.taker)];
-        for (uint256 k = 0; k < 2; k++) {
-            uint256 i = idx[k];
-            if (sigState[i] == 0) {
-                Signature calldata s = b.orders[i].sig;
-                address signer = _recover(hashes[i], s.r, s.s, s.v);
-                sigState[i] = (signer != address(0) && signer == b.orders[i].order.trader) ? 1 : 2;
-            }
-            if (sigState[i] != 1) return SKIP_BAD_SIGNATURE;
+    function _checkSignatures(
+        SignedOrder[] calldata orders,
+        bytes32[] memory hashes,
+        uint8[] memory sigState,
+        uint256 mi,
+        uint256 ti
+    ) internal pure returns (uint8) {
+        if (!_signatureOk(orders, hashes, sigState, mi) || !_signatureOk(orders, hashes, sigState, ti)) {
+            return SKIP_BAD_SIGNATURE;
         }
         return 0;
+    }
+
+    function _signatureOk(SignedOrder[] calldata orders, bytes32[] memory hashes, uint8[] memory sigState, uint256 i)
+        internal
+        pure
+        returns (bool)
+    {
+        // Unchecked element access here and in _boundsOkOnce: i < orders.length == hashes.length ==
+        // sigState.length (FillIndexOutOfRange).
+        uint256 word;
+        assembly ("memory-safe") {
+            word := mload(add(add(sigState, 32), shl(5, i)))
+        }
+        uint256 state = word & 3;
+        if (state == 0) {
+            address trader;
+            bytes32 r;
+            bytes32 s;
+            uint256 v;
+            assembly ("memory-safe") {
+                let p := add(orders.offset, mul(i, SIGNED_ORDER_BYTES))
+                trader := calldataload(p) // range-checked in _hashOrders
+                r := calldataload(add(p, 352))
+                s := calldataload(add(p, 384))
+                v := calldataload(add(p, 416))
+                if gt(v, 0xff) { revert(0, 0) } // a uint8 out of range: what the ABI decoder does
+            }
+            bytes32 digest;
+            assembly ("memory-safe") {
+                digest := mload(add(add(hashes, 32), shl(5, i)))
+            }
+            address signer = _recover(digest, r, s, uint8(v));
+            state = (signer != address(0) && signer == trader) ? 1 : 2;
+            assembly ("memory-safe") {
+                mstore(add(add(sigState, 32), shl(5, i)), or(word, state))
+            }
+        }
+        return state == 1;
     }
 
     function _loadMarket(MarketCache memory mc, uint32 id) internal view {
@@ -558,23 +674,22 @@ contract Exchange {
         mc.params = m.params;
     }
 
-    /// Checks one fill and applies it, or returns the reason it is skipped (nothing changes then).
-    function _settleFill(
-        uint64 seq,
-        uint256 fillIndex,
-        Order calldata maker,
-        Order calldata taker,
-        bytes32 makerHash,
-        bytes32 takerHash,
+    /// The checks of a fill that need only the two orders and the market (in skip-reason order); 0 if they pass.
+    function _checkOrders(
+        Order memory maker,
+        Order memory taker,
+        bytes32[] memory hashes,
+        uint8[] memory orderFlags,
+        uint256 mi,
+        uint256 ti,
         uint64 amount,
         MarketCache memory mc
-    ) internal returns (uint8) {
-        address makerTrader = maker.trader;
-        address takerTrader = taker.trader;
-        if (makerTrader == takerTrader) return SKIP_SELF_TRADE;
+    ) internal view returns (uint8) {
+        if (maker.trader == taker.trader) return SKIP_SELF_TRADE;
         uint32 market = maker.market;
         uint8 makerSide = maker.side;
-        if (market != taker.market || makerSide == taker.side || makerSide > 1 || taker.side > 1) {
+        uint8 takerSide = taker.side;
+        if (market != taker.market || makerSide == takerSide || makerSide > 1 || takerSide > 1) {
             return SKIP_MARKET_MISMATCH;
         }
         if (mc.id != market) _loadMarket(mc, market);
@@ -583,89 +698,190 @@ contract Exchange {
         uint64 price = maker.price;
         if (makerSide == 0 ? price < taker.price : taker.price < price) return SKIP_NO_CROSS;
         // Maker = the order earlier by (createdAt, hash): the proposer cannot pick the price.
-        if (maker.createdAt > taker.createdAt || (maker.createdAt == taker.createdAt && makerHash >= takerHash)) {
+        uint32 makerCreated = maker.createdAt;
+        uint32 takerCreated = taker.createdAt;
+        if (makerCreated > takerCreated || (makerCreated == takerCreated && hashes[mi] >= hashes[ti])) {
             return SKIP_WRONG_MAKER;
         }
         if (taker.flags & FLAG_POST_ONLY != 0) return SKIP_POST_ONLY_TAKER;
-        if (amount == 0 || !_boundsOk(maker, mc.params) || !_boundsOk(taker, mc.params)) return SKIP_BOUNDS;
-        if (!_triggerHolds(maker, mc.oraclePrice) || !_triggerHolds(taker, mc.oraclePrice)) return SKIP_TRIGGER;
-
-        Side memory ms = _loadSide(makerTrader, market, mc.fundingIndex);
-        Side memory ts = _loadSide(takerTrader, market, mc.fundingIndex);
-        uint256 makerState = orderState[makerTrader][maker.salt];
-        uint256 takerState = orderState[takerTrader][taker.salt];
+        MarketParams memory params = mc.params;
         if (
-            makerState & CANCELLED_BIT != 0 || takerState & CANCELLED_BIT != 0
-                || maker.salt < ms.account.cancelledUpTo || taker.salt < ts.account.cancelledUpTo
+            amount == 0 || !_boundsOkOnce(maker, params, orderFlags, mi) || !_boundsOkOnce(taker, params, orderFlags, ti)
+        ) return SKIP_BOUNDS;
+        uint64 oraclePrice = mc.oraclePrice;
+        if (
+            (maker.triggerKind | taker.triggerKind) != TRIGGER_NONE
+                && (!_triggerHolds(maker, oraclePrice) || !_triggerHolds(taker, oraclePrice))
+        ) return SKIP_TRIGGER;
+        return 0;
+    }
+
+    /// The rest of a fill's checks (against the traders' state) and, if they pass, its writes and event; else the
+    /// reason it is skipped (nothing changes then). Runs after _checkOrders passed, so mc is the orders' market.
+    /// `ms` and `ts` are scratch: loaded here.
+    function _applyFill(FillScratch memory w, uint64 amount, MarketCache memory mc) internal returns (uint8) {
+        Order memory maker = w.maker;
+        Order memory taker = w.taker;
+        Side memory ms = w.ms;
+        Side memory ts = w.ts;
+        _loadSide(ms, maker.trader, mc.id, mc.fundingIndex);
+        _loadSide(ts, taker.trader, mc.id, mc.fundingIndex);
+        uint256 makerSlot = _orderStateSlot(maker.trader, maker.salt);
+        uint256 takerSlot = _orderStateSlot(taker.trader, taker.salt);
+        uint256 makerState;
+        uint256 takerState;
+        assembly ("memory-safe") {
+            makerState := sload(makerSlot)
+            takerState := sload(takerSlot)
+        }
+        if (
+            makerState & CANCELLED_BIT != 0 || takerState & CANCELLED_BIT != 0 || maker.salt < ms.cancelledUpTo
+                || taker.salt < ts.cancelledUpTo
         ) return SKIP_CANCELLED;
-        uint256 makerFilled = uint64(makerState) + uint256(amount);
-        uint256 takerFilled = uint64(takerState) + uint256(amount);
-        if (makerFilled > maker.amount || takerFilled > taker.amount) return SKIP_OVERFILL;
+        // unchecked: both terms are below 2^64.
+        unchecked {
+            if (uint64(makerState) + uint256(amount) > maker.amount || uint64(takerState) + uint256(amount) > taker.amount)
+            {
+                return SKIP_OVERFILL;
+            }
+        }
         // FOK: only in one fill of the whole amount (so never partly).
         if (
             (maker.flags & FLAG_FOK != 0 && (uint64(makerState) != 0 || amount != maker.amount))
                 || (taker.flags & FLAG_FOK != 0 && (uint64(takerState) != 0 || amount != taker.amount))
         ) return SKIP_FOK;
-        if (!_reduceOnlyOk(maker, ms.position.size, amount) || !_reduceOnlyOk(taker, ts.position.size, amount)) {
-            return SKIP_REDUCE_ONLY;
-        }
-        int256 signedMaker = makerSide == 0 ? int256(uint256(amount)) : -int256(uint256(amount));
-        uint64 maxPosition = mc.params.maxPosition;
-        if (!_applyToSide(ms, signedMaker, price, maxPosition) || !_applyToSide(ts, -signedMaker, price, maxPosition))
+        if (
+            (maker.flags | taker.flags) & FLAG_REDUCE_ONLY != 0
+                && (!_reduceOnlyOk(maker, ms.size, amount) || !_reduceOnlyOk(taker, ts.size, amount))
+        ) return SKIP_REDUCE_ONLY;
         {
-            return SKIP_POSITION_LIMIT;
+            int256 signedMaker = maker.side == 0 ? int256(uint256(amount)) : -int256(uint256(amount));
+            uint64 price = maker.price;
+            uint64 maxPosition = mc.params.maxPosition;
+            if (
+                !_applyToSide(ms, signedMaker, price, maxPosition) || !_applyToSide(ts, -signedMaker, price, maxPosition)
+            ) {
+                return SKIP_POSITION_LIMIT;
+            }
         }
-        uint256 notional = uint256(amount) * price;
-        uint256 makerFee = _ceilDivU(notional * mc.params.makerFee, SIZE_ONE * PPM);
-        uint256 takerFee = _ceilDivU(notional * mc.params.takerFee, SIZE_ONE * PPM);
-        ms.balance -= int256(makerFee * SIZE_ONE);
-        ts.balance -= int256(takerFee * SIZE_ONE);
+        (uint256 makerFee, uint256 takerFee) = _chargeFees(ms, ts, amount, maker.price, mc.params);
         if (!_healthyAfter(ms, mc)) return SKIP_MARGIN_MAKER;
         if (!_healthyAfter(ts, mc)) return SKIP_MARGIN_TAKER;
 
-        // Everything checked: write.
-        orderState[makerTrader][maker.salt] = makerState + amount;
-        orderState[takerTrader][taker.salt] = takerState + amount;
-        _storeSide(ms, market);
-        _storeSide(ts, market);
-        feesCollected += int256(makerFee + takerFee);
-        emit OrderFilled(
-            seq,
-            makerTrader,
-            takerTrader,
-            fillIndex,
-            makerHash,
-            takerHash,
-            maker.salt,
-            taker.salt,
-            market,
-            taker.side,
-            price,
-            amount,
-            uint64(makerFilled),
-            uint64(takerFilled),
-            makerFee,
-            takerFee,
-            ms.balance,
-            ts.balance,
-            ms.position.size,
-            ts.position.size
-        );
+        // Everything checked: write. The counters stay below 2^64 (SKIP_OVERFILL), so adding `amount` to the whole
+        // state word leaves CANCELLED_BIT alone (it is clear here anyway).
+        makerState += amount;
+        takerState += amount;
+        assembly ("memory-safe") {
+            sstore(makerSlot, makerState)
+            sstore(takerSlot, takerState)
+        }
+        _storeSide(ms);
+        _storeSide(ts);
+        mc.fees += makerFee + takerFee; // added to feesCollected once, at the end of the batch
+        _emitFilled(w.eventData, maker, taker, amount, makerState, takerState, makerFee, takerFee, ms, ts);
         return 0;
     }
 
-    function _boundsOk(Order calldata o, MarketParams memory p) internal pure returns (bool) {
+    /// Emits OrderFilled, encoded by hand: an `emit` of its 20 values needs more stack slots than the EVM reaches
+    /// and made the compiler move the fill path's variables to memory. The data is exactly abi.encode of the
+    /// non-indexed fields: the order fields come from the scratch copies (32-byte words, range-checked in
+    /// _hashOrders), the sides' balances and sizes are int256 words (sizes are int64 values, _applyToSide), the new
+    /// fill counters are the low 64 bits of the order states.
+    function _emitFilled(
+        uint256 ptr,
+        Order memory maker,
+        Order memory taker,
+        uint64 amount,
+        uint256 makerState,
+        uint256 takerState,
+        uint256 makerFee,
+        uint256 takerFee,
+        Side memory ms,
+        Side memory ts
+    ) internal {
+        bytes32 topic = OrderFilled.selector;
+        assembly ("memory-safe") {
+            // ptr: fillIndex, makerHash and takerHash written by _settleFills; seq at ptr + 544
+            mstore(add(ptr, 96), mload(add(maker, 160))) // salt
+            mstore(add(ptr, 128), mload(add(taker, 160)))
+            mstore(add(ptr, 160), mload(add(maker, 32))) // market
+            mstore(add(ptr, 192), mload(add(taker, 64))) // taker side
+            mstore(add(ptr, 224), mload(add(maker, 96))) // price
+            mstore(add(ptr, 256), and(amount, 0xffffffffffffffff))
+            mstore(add(ptr, 288), and(makerState, 0xffffffffffffffff))
+            mstore(add(ptr, 320), and(takerState, 0xffffffffffffffff))
+            mstore(add(ptr, 352), makerFee)
+            mstore(add(ptr, 384), takerFee)
+            mstore(add(ptr, 416), mload(add(ms, 32))) // balance
+            mstore(add(ptr, 448), mload(add(ts, 32)))
+            mstore(add(ptr, 480), mload(add(ms, 128))) // size
+            mstore(add(ptr, 512), mload(add(ts, 128)))
+            log4(ptr, 544, topic, mload(add(ptr, 544)), mload(maker), mload(taker))
+        }
+    }
+
+    /// Fees of a fill at the maker's price, charged to the sides' balances. unchecked: amount and price are below
+    /// 2^64 and the fees at most MAX_FEE (_checkParams), so the products stay below 2^145; a fee is below 2^128, so
+    /// fee * SIZE_ONE cannot overflow, and neither can the subtractions from balances within int128 (_applyToSide).
+    function _chargeFees(Side memory ms, Side memory ts, uint64 amount, uint64 price, MarketParams memory params)
+        internal
+        pure
+        returns (uint256 makerFee, uint256 takerFee)
+    {
+        unchecked {
+            uint256 notional = uint256(amount) * price;
+            makerFee = _ceilDivU(notional * params.makerFee, SIZE_ONE * PPM);
+            takerFee = _ceilDivU(notional * params.takerFee, SIZE_ONE * PPM);
+            ms.balance -= int256(makerFee * SIZE_ONE);
+            ts.balance -= int256(takerFee * SIZE_ONE);
+        }
+    }
+
+    /// _boundsOk, remembered per order for the batch (BOUNDS_OK in orderFlags) once it holds.
+    function _boundsOkOnce(Order memory o, MarketParams memory p, uint8[] memory orderFlags, uint256 i)
+        internal
+        pure
+        returns (bool)
+    {
+        uint256 ptr;
+        uint256 f;
+        assembly ("memory-safe") {
+            ptr := add(add(orderFlags, 32), shl(5, i)) // i < orderFlags.length (see _signatureOk)
+            f := mload(ptr)
+        }
+        if (f & BOUNDS_OK != 0) return true;
+        if (!_boundsOk(o, p)) return false;
+        assembly ("memory-safe") {
+            mstore(ptr, or(f, BOUNDS_OK))
+        }
+        return true;
+    }
+
+    /// The storage slot of orderState[trader][salt] (computed once per fill, for the read and the write).
+    function _orderStateSlot(address trader, uint64 salt) internal pure returns (uint256 slot) {
+        assembly ("memory-safe") {
+            mstore(0, and(trader, 0xffffffffffffffffffffffffffffffffffffffff))
+            mstore(32, orderState.slot)
+            mstore(32, keccak256(0, 64))
+            mstore(0, and(salt, 0xffffffffffffffff))
+            slot := keccak256(0, 64)
+        }
+    }
+
+    function _boundsOk(Order memory o, MarketParams memory p) internal pure returns (bool) {
         uint64 orderPrice = o.price;
         uint64 orderAmount = o.amount;
         uint8 kind = o.triggerKind;
         uint64 trigger = o.triggerPrice;
+        uint64 maxPrice = p.maxPrice;
         return o.flags & ~KNOWN_FLAGS == 0 && kind <= TRIGGER_TAKE_PROFIT
-            && (kind == TRIGGER_NONE ? trigger == 0 : trigger != 0 && trigger <= p.maxPrice) && orderPrice != 0
-            && orderPrice <= p.maxPrice && orderPrice % p.tick == 0 && orderAmount >= p.minSize
+            && (kind == TRIGGER_NONE ? trigger == 0 : trigger != 0 && trigger <= maxPrice) && orderPrice != 0
+            && orderPrice <= maxPrice && orderPrice % p.tick == 0 && orderAmount >= p.minSize
             && orderAmount <= p.maxOrderSize;
     }
 
-    function _triggerHolds(Order calldata o, uint64 oraclePrice) internal pure returns (bool) {
+    function _triggerHolds(Order memory o, uint64 oraclePrice) internal pure returns (bool) {
         uint8 kind = o.triggerKind;
         if (kind == TRIGGER_NONE) return true;
         bool buy = o.side == 0;
@@ -676,73 +892,135 @@ contract Exchange {
         return buy ? oraclePrice <= trigger : oraclePrice >= trigger;
     }
 
-    function _reduceOnlyOk(Order calldata o, int64 size, uint64 amount) internal pure returns (bool) {
+    function _reduceOnlyOk(Order memory o, int256 size, uint64 amount) internal pure returns (bool) {
         if (o.flags & FLAG_REDUCE_ONLY == 0) return true;
         if (o.side == 0) return size < 0 && uint256(uint64(-int64(size))) >= amount; // a buy reduces a short
-        return size > 0 && uint256(uint64(size)) >= amount; // a sell reduces a long
+        return size > 0 && uint256(uint64(int64(size))) >= amount; // a sell reduces a long
     }
 
-    function _loadSide(address trader, uint32 market, int64 index) internal view returns (Side memory s) {
+    /// Loads `trader`'s account and position in `market` into `s` (each one storage slot, read raw: the layouts
+    /// are those of Account and Position) and settles funding on the position.
+    function _loadSide(Side memory s, address trader, uint32 market, int64 index) internal view {
+        uint256 accountSlot;
+        uint256 positionSlot;
+        uint256 acc;
+        uint256 pos;
+        assembly ("memory-safe") {
+            // accounts[trader] and positions[trader][market] (Solidity's mapping layout).
+            mstore(0, and(trader, 0xffffffffffffffffffffffffffffffffffffffff))
+            mstore(32, accounts.slot)
+            accountSlot := keccak256(0, 64)
+            mstore(32, positions.slot)
+            mstore(32, keccak256(0, 64))
+            mstore(0, and(market, 0xffffffff))
+            positionSlot := keccak256(0, 64)
+            acc := sload(accountSlot)
+            pos := sload(positionSlot)
+        }
+        s.accountSlot = accountSlot;
+        s.positionSlot = positionSlot;
+        int256 size = int64(uint64(pos));
+        int256 owed = _fundingOwed(size, int64(uint64(pos >> 192)), index);
         s.trader = trader;
-        s.account = accounts[trader];
-        s.position = positions[trader][market];
-        // Settle funding on this position before it changes.
-        s.fundingOwed = _fundingOwed(s.position, index);
-        s.balance = int256(s.account.balance) - s.fundingOwed * int256(SIZE_ONE);
-        s.position.fundingIndex = index;
+        s.openMask = uint64(acc >> 128);
+        s.cancelledUpTo = uint64(acc >> 192);
+        s.size = size;
+        s.cost = int128(uint128(pos >> 64));
+        s.fundingIndex = index;
+        s.fundingOwed = owed;
+        // Settle funding on this position before it changes. unchecked: |owed| < 2^129 (_fundingOwed), so
+        // |owed * SIZE_ONE| < 2^156 and the int128 balance minus it cannot overflow.
+        unchecked {
+            s.balance = int256(int128(uint128(acc))) - owed * int256(SIZE_ONE);
+        }
+        s.shrankOnly = false;
     }
 
     /// Applies a signed fill to the side's position (docs/units.md "Applying a fill"); false if the position limit
     /// would be exceeded.
     function _applyToSide(Side memory s, int256 q, uint64 price, uint64 maxPosition) internal pure returns (bool) {
-        int256 size = s.position.size;
-        int256 cost = s.position.cost;
-        int256 p = int256(uint256(price));
-        int256 newSize = size + q;
-        uint256 absNew = _abs(newSize);
-        uint256 absOld = _abs(size);
-        // A position above the limit (say after updateMarket lowered it) may still shrink.
-        if (absNew > maxPosition && absNew >= absOld) return false;
-        int256 value = q * p;
-        s.balance -= value;
-        if (size == 0 || (size > 0) == (q > 0)) {
-            cost += value;
-            s.shrankOnly = false;
-        } else if (_abs(q) <= absOld) {
-            cost -= cost * int256(_abs(q)) / int256(absOld);
-            s.shrankOnly = true;
-        } else {
-            cost = newSize * p;
-            s.shrankOnly = false;
+        // unchecked: size is an int64 (a storage type), |q| < 2^65 and price < 2^64 (calldata types), and
+        // |s.balance| < 2^157 (_loadSide), so |value| < 2^129, |cost * |q|| < 2^192, |newSize * p| < 2^130 and no
+        // sum or difference below comes near 2^255; absOld != 0 where it divides (size != 0 there).
+        unchecked {
+            int256 size = s.size;
+            int256 cost = s.cost;
+            int256 p = int256(uint256(price));
+            int256 newSize = size + q;
+            uint256 absNew = _abs(newSize);
+            uint256 absOld = _abs(size);
+            // A position above the limit (say after updateMarket lowered it) may still shrink.
+            if (absNew > maxPosition && absNew >= absOld) return false;
+            int256 value = q * p;
+            int256 newBalance = s.balance - value;
+            bool shrankOnly;
+            if (size == 0 || (size > 0) == (q > 0)) {
+                cost += value;
+            } else if (_abs(q) <= absOld) {
+                cost -= cost * int256(_abs(q)) / int256(absOld);
+                shrankOnly = true;
+            } else {
+                cost = newSize * p;
+            }
+            s.balance = newBalance;
+            s.shrankOnly = shrankOnly;
+            // Checked narrowing (unreachable within docs/units.md bounds, but never a silent truncation): newSize at
+            // most type(int64).max, cost and balance within int128 (a value is within int128 iff sign-extending its
+            // low 16 bytes gives it back).
+            bool outOfRange;
+            assembly ("memory-safe") {
+                outOfRange := or(
+                    sgt(newSize, 0x7fffffffffffffff),
+                    or(iszero(eq(signextend(15, cost), cost)), iszero(eq(signextend(15, newBalance), newBalance)))
+                )
+            }
+            if (outOfRange) return false;
+            s.size = int64(newSize);
+            s.cost = int128(cost);
+            return true;
         }
-        // Checked narrowing (unreachable within docs/units.md bounds, but never a silent truncation).
-        if (
-            newSize > type(int64).max || cost > type(int128).max || cost < type(int128).min
-                || s.balance > type(int128).max || s.balance < type(int128).min
-        ) return false;
-        s.position.size = int64(newSize);
-        s.position.cost = int128(cost);
-        return true;
     }
 
     function _healthyAfter(Side memory s, MarketCache memory mc) internal view returns (bool) {
         uint64 bit = uint64(1) << mc.id;
-        uint64 mask = s.position.size != 0 ? s.account.openMask | bit : s.account.openMask & ~bit;
-        s.account.openMask = mask;
-        (int256 eq, uint256 initial, uint256 maintenance) = _healthWith(s.trader, mask, s.balance, mc, s.position);
+        uint64 openMask = s.openMask;
+        uint64 mask = s.size != 0 ? openMask | bit : openMask & ~bit;
+        s.openMask = mask;
+        if (mask & ~bit == 0) {
+            // Fast path, the common single-market account: _healthWith with only the fill's market (or none: then
+            // size is 0 and so are its terms). unchecked: as in _healthWith, |size| < 2^64, price < 2^64,
+            // imr/mmr <= PPM, balance within 2^160.
+            unchecked {
+                int256 size = s.size;
+                uint256 price = mc.oraclePrice;
+                int256 eq = s.balance + size * int256(price);
+                uint256 rate = s.shrankOnly ? mc.params.mmr : mc.params.imr;
+                return eq >= int256(_ceilDivU(_abs(size) * price * rate, PPM));
+            }
+        }
+        (int256 eq, uint256 initial, uint256 maintenance) = _healthWith(s.trader, mask, s.balance, mc, s.size);
         return eq >= int256(s.shrankOnly ? maintenance : initial);
     }
 
-    function _storeSide(Side memory s, uint32 market) internal {
-        positions[s.trader][market] = s.position;
-        accounts[s.trader] = Account({
-            balance: int128(s.balance), openMask: s.account.openMask, cancelledUpTo: s.account.cancelledUpTo
-        });
+    /// Writes the side's account and position slots (raw, one store each; same layout as Account and Position).
+    function _storeSide(Side memory s) internal {
+        uint256 accountSlot = s.accountSlot;
+        uint256 positionSlot = s.positionSlot;
+        uint256 acc = uint256(uint128(int128(s.balance))) | (uint256(s.openMask) << 128)
+            | (uint256(s.cancelledUpTo) << 192);
+        uint256 pos = uint256(uint64(int64(s.size))) | (uint256(uint128(int128(s.cost))) << 64)
+            | (uint256(uint64(int64(s.fundingIndex))) << 192);
+        assembly ("memory-safe") {
+            sstore(accountSlot, acc)
+            sstore(positionSlot, pos)
+        }
         if (s.fundingOwed != 0) fundingPool += s.fundingOwed;
     }
 
     function _emitAccount(Side memory s, uint32 market) internal {
-        emit AccountUpdated(s.trader, market, s.position.size, s.position.cost, s.position.fundingIndex, s.balance);
+        emit AccountUpdated(
+            s.trader, market, int64(s.size), int128(s.cost), int64(s.fundingIndex), s.balance
+        );
     }
 
     // ------------------------------------------------------------------------------------------------ liquidation
@@ -759,31 +1037,33 @@ contract Exchange {
             (int256 eq,, uint256 maintenance) = _health(trader, a.openMask, a.balance);
             if (eq >= int256(maintenance)) revert AccountHealthy(eq, maintenance);
         }
-        Side memory t = _loadSide(trader, market, mc.fundingIndex);
-        int64 size = t.position.size;
-        if (amount == 0 || size == 0 || _abs(int256(size)) < amount) revert BadLiquidation(2);
+        Side memory t;
+        _loadSide(t, trader, market, mc.fundingIndex);
+        int256 size = t.size;
+        if (amount == 0 || size == 0 || _abs(size) < amount) revert BadLiquidation(2);
         uint64 price = mc.oraclePrice;
         int256 q = size > 0 ? -int256(uint256(amount)) : int256(uint256(amount)); // the trader's closing side
         if (!_applyToSide(t, q, price, type(uint64).max)) revert BadLiquidation(4);
         _healthyAfter(t, mc); // sets the trader's open-market mask
         uint256 penalty = _ceilDivU(uint256(amount) * price * mc.params.liqPenalty, SIZE_ONE * PPM);
         {
-            (int256 eqAfter,,) = _healthWith(trader, t.account.openMask, t.balance, mc, t.position);
+            (int256 eqAfter,,) = _healthWith(trader, t.openMask, t.balance, mc, t.size);
             int256 cap = eqAfter > 0 ? eqAfter / int256(SIZE_ONE) : int256(0);
             if (int256(penalty) > cap) penalty = uint256(cap);
         }
         t.balance -= int256(penalty * SIZE_ONE);
         insuranceFund += int256(penalty);
 
-        Side memory l = _loadSide(msg.sender, market, mc.fundingIndex);
+        Side memory l;
+        _loadSide(l, msg.sender, market, mc.fundingIndex);
         if (!_applyToSide(l, -q, price, mc.params.maxPosition)) revert BadLiquidation(3);
         l.shrankOnly = false; // the liquidator must end above initial margin whatever it took over
         if (!_healthyAfter(l, mc)) {
-            (int256 eq, uint256 initial,) = _healthWith(msg.sender, l.account.openMask, l.balance, mc, l.position);
+            (int256 eq, uint256 initial,) = _healthWith(msg.sender, l.openMask, l.balance, mc, l.size);
             revert InsufficientMargin(eq, initial);
         }
         int256 uncovered = 0;
-        if (t.account.openMask == 0 && t.balance < 0) {
+        if (t.openMask == 0 && t.balance < 0) {
             int256 deficit = _ceilDiv(-t.balance, int256(SIZE_ONE));
             int256 fromInsurance = insuranceFund >= deficit ? deficit : (insuranceFund > 0 ? insuranceFund : int256(0));
             insuranceFund -= fromInsurance;
@@ -791,17 +1071,20 @@ contract Exchange {
             badDebt += uncovered;
             t.balance += deficit * int256(SIZE_ONE);
         }
-        _storeSide(t, market);
-        _storeSide(l, market);
+        _storeSide(t);
+        _storeSide(l);
         _emitAccount(t, market);
         _emitAccount(l, market);
         emit Liquidated(trader, msg.sender, market, amount, price, penalty, uncovered);
     }
 
     // ------------------------------------------------------------------------------------------------ margin math
-    function _fundingOwed(Position memory p, int64 index) internal pure returns (int256) {
-        if (p.size == 0) return 0;
-        return _ceilDiv(int256(p.size) * (int256(index) - int256(p.fundingIndex)), int256(SIZE_ONE));
+    function _fundingOwed(int256 size, int256 positionIndex, int256 index) internal pure returns (int256) {
+        if (size == 0) return 0;
+        // unchecked: size and both indexes are int64 (storage types), so the product is below 2^129 in size.
+        unchecked {
+            return _ceilDiv(size * (index - positionIndex), int256(SIZE_ONE));
+        }
     }
 
     function _health(address trader, uint64 mask, int256 balance)
@@ -811,66 +1094,84 @@ contract Exchange {
     {
         MarketCache memory none;
         none.id = NO_MARKET;
-        Position memory unused;
-        return _healthWith(trader, mask, balance, none, unused);
+        return _healthWith(trader, mask, balance, none, 0);
     }
 
-    /// Equity and requirements (scaled: atoms x SIZE_ONE) at oracle prices. For market `mc.id`, `current` stands in
-    /// for the stored position (its funding already settled into `balance`) and `mc` for the stored market.
-    function _healthWith(
-        address trader,
-        uint64 mask,
-        int256 balance,
-        MarketCache memory mc,
-        Position memory current
-    ) internal view returns (int256 eq, uint256 initial, uint256 maintenance) {
+    /// Equity and requirements (scaled: atoms x SIZE_ONE) at oracle prices. For market `mc.id`, `currentSize`
+    /// stands in for the stored position's size (its funding already settled into `balance`) and `mc` for the
+    /// stored market.
+    function _healthWith(address trader, uint64 mask, int256 balance, MarketCache memory mc, int256 currentSize)
+        internal
+        view
+        returns (int256 eq, uint256 initial, uint256 maintenance)
+    {
         eq = balance;
-        while (mask != 0) {
-            uint32 m = uint32(_lowestBit(mask));
-            mask &= mask - 1;
-            int256 size;
-            uint256 oraclePrice;
-            uint256 imr;
-            uint256 mmr;
-            if (m == mc.id) {
-                size = current.size;
-                oraclePrice = mc.oraclePrice;
-                imr = mc.params.imr;
-                mmr = mc.params.mmr;
-            } else {
-                Market storage mkt = markets[m];
-                Position memory p = positions[trader][m];
-                size = p.size;
-                oraclePrice = mkt.oraclePrice;
-                imr = mkt.params.imr;
-                mmr = mkt.params.mmr;
-                eq -= _fundingOwed(p, mkt.fundingIndex) * int256(SIZE_ONE);
+        uint256 rest = mask;
+        uint256 id = mc.id;
+        if (id < MAX_MARKETS && rest & (1 << id) != 0) {
+            // The market of the fill, from the cache (the only one for most accounts: no storage reads then).
+            rest &= ~(uint256(1) << id);
+            uint256 oraclePrice = mc.oraclePrice;
+            MarketParams memory params = mc.params;
+            // unchecked: |size| < 2^64, price < 2^64, imr/mmr <= PPM (_checkParams): notional * r < 2^149.
+            unchecked {
+                eq += currentSize * int256(oraclePrice);
+                uint256 notional = _abs(currentSize) * oraclePrice;
+                initial += _ceilDivU(notional * params.imr, PPM);
+                maintenance += _ceilDivU(notional * params.mmr, PPM);
             }
+        }
+        while (rest != 0) {
+            uint256 m = _lowestBit(rest);
+            rest &= rest - 1;
+            Market storage mkt = markets[m];
+            uint256 pos;
+            Position storage ps = positions[trader][m];
+            assembly ("memory-safe") {
+                pos := sload(ps.slot)
+            }
+            int256 size = int64(uint64(pos));
+            uint256 oraclePrice = mkt.oraclePrice;
+            eq -= _fundingOwed(size, int64(uint64(pos >> 192)), mkt.fundingIndex) * int256(SIZE_ONE);
             eq += size * int256(oraclePrice);
             uint256 notional = _abs(size) * oraclePrice;
-            initial += _ceilDivU(notional * imr, PPM);
-            maintenance += _ceilDivU(notional * mmr, PPM);
+            initial += _ceilDivU(notional * mkt.params.imr, PPM);
+            maintenance += _ceilDivU(notional * mkt.params.mmr, PPM);
         }
     }
 
-    function _lowestBit(uint64 x) internal pure returns (uint256 i) {
-        while (x & 1 == 0) {
-            x >>= 1;
-            i++;
+    /// Index of the lowest set bit of x (x != 0): isolate it, then a 6-step binary search.
+    function _lowestBit(uint256 x) internal pure returns (uint256 r) {
+        assembly ("memory-safe") {
+            let b := and(x, sub(0, x))
+            r := shl(5, lt(0xffffffff, b))
+            r := or(r, shl(4, lt(0xffff, shr(r, b))))
+            r := or(r, shl(3, lt(0xff, shr(r, b))))
+            r := or(r, shl(2, lt(0xf, shr(r, b))))
+            r := or(r, shl(1, lt(0x3, shr(r, b))))
+            r := or(r, lt(0x1, shr(r, b)))
         }
     }
 
+    /// unchecked: exact for every int256 (-type(int256).min wraps to itself, which as uint256 is 2^255).
     function _abs(int256 x) internal pure returns (uint256) {
-        return x >= 0 ? uint256(x) : uint256(-x);
+        unchecked {
+            return x >= 0 ? uint256(x) : uint256(-x);
+        }
     }
 
-    /// Rounds toward +infinity (d > 0).
+    /// Rounds toward +infinity (d > 0). Callers pass |x| < 2^200 and d = SIZE_ONE (so x + d - 1 cannot overflow).
     function _ceilDiv(int256 x, int256 d) internal pure returns (int256) {
-        return x > 0 ? (x + d - 1) / d : x / d;
+        unchecked {
+            return x > 0 ? (x + d - 1) / d : x / d;
+        }
     }
 
+    /// (d > 0; every caller passes a non-zero constant.) unchecked: x - 1 only when x != 0, and (x-1)/d + 1 <= x.
     function _ceilDivU(uint256 x, uint256 d) internal pure returns (uint256) {
-        return x == 0 ? 0 : (x - 1) / d + 1;
+        unchecked {
+            return x == 0 ? 0 : (x - 1) / d + 1;
+        }
     }
 
     // ------------------------------------------------------------------------------------------------ EIP-712
@@ -905,23 +1206,66 @@ contract Exchange {
         );
     }
 
+    /// EIP-712 digests of the orders. Each order's 11 fields are range-checked (a dirty word reverts, as the ABI
+    /// decoder does) and hashed straight from calldata, where they lie as abi.encode lays them out.
+    function _hashOrders(SignedOrder[] calldata orders, bytes32 domain) internal pure returns (bytes32[] memory hashes) {
+        uint256 n = orders.length;
+        hashes = new bytes32[](n);
+        bytes32 typeHash = ORDER_TYPEHASH;
+        assembly ("memory-safe") {
+            let scratch := mload(0x40)
+            let out := add(hashes, 32)
+            let end := add(orders.offset, mul(n, SIGNED_ORDER_BYTES))
+            for { let p := orders.offset } lt(p, end) { p := add(p, SIGNED_ORDER_BYTES) } {
+                let dirty := shr(160, calldataload(p)) // trader
+                dirty := or(dirty, shr(32, calldataload(add(p, 32)))) // market
+                dirty := or(dirty, shr(8, calldataload(add(p, 64)))) // side
+                dirty := or(dirty, shr(64, calldataload(add(p, 96)))) // price
+                dirty := or(dirty, shr(64, calldataload(add(p, 128)))) // amount
+                dirty := or(dirty, shr(64, calldataload(add(p, 160)))) // salt
+                dirty := or(dirty, shr(32, calldataload(add(p, 192)))) // createdAt
+                dirty := or(dirty, shr(32, calldataload(add(p, 224)))) // expiry
+                dirty := or(dirty, shr(8, calldataload(add(p, 256)))) // flags
+                dirty := or(dirty, shr(8, calldataload(add(p, 288)))) // triggerKind
+                dirty := or(dirty, shr(64, calldataload(add(p, 320)))) // triggerPrice
+                if dirty { revert(0, 0) }
+                mstore(scratch, typeHash)
+                calldatacopy(add(scratch, 32), p, ORDER_BYTES)
+                let structHash := keccak256(scratch, 384)
+                mstore(scratch, shl(240, 0x1901))
+                mstore(add(scratch, 2), domain)
+                mstore(add(scratch, 34), structHash)
+                mstore(out, keccak256(scratch, 66))
+                out := add(out, 32)
+            }
+        }
+    }
+
+    /// The batch digest; also range-checks every fill's fields (a dirty word reverts, as the ABI decoder does).
     function _batchDigest(bytes32 domain, Batch calldata b, bytes32[] memory hashes) internal pure returns (bytes32) {
-        bytes32[] memory fillHashes = new bytes32[](b.fills.length);
-        for (uint256 i = 0; i < b.fills.length; i++) {
-            Fill calldata f = b.fills[i];
-            fillHashes[i] = keccak256(abi.encode(FILL_TYPEHASH, f.maker, f.taker, f.amount));
+        Fill[] calldata fills = b.fills;
+        uint256 n = fills.length;
+        bytes32[] memory fillHashes = new bytes32[](n);
+        bytes32 typeHash = FILL_TYPEHASH;
+        bytes32 ordersHash;
+        bytes32 fillsHash;
+        assembly ("memory-safe") {
+            let scratch := mload(0x40)
+            let out := add(fillHashes, 32)
+            let end := add(fills.offset, mul(n, 96))
+            for { let p := fills.offset } lt(p, end) { p := add(p, 96) } {
+                let dirty := or(shr(16, calldataload(p)), shr(16, calldataload(add(p, 32))))
+                if or(dirty, shr(64, calldataload(add(p, 64)))) { revert(0, 0) }
+                mstore(scratch, typeHash)
+                calldatacopy(add(scratch, 32), p, 96)
+                mstore(out, keccak256(scratch, 128))
+                out := add(out, 32)
+            }
+            ordersHash := keccak256(add(hashes, 32), mul(mload(hashes), 32))
+            fillsHash := keccak256(add(fillHashes, 32), mul(n, 32))
         }
         bytes32 structHash = keccak256(
-            abi.encode(
-                BATCH_TYPEHASH,
-                b.seq,
-                b.round,
-                b.prevBatchHash,
-                b.setVersion,
-                b.deadline,
-                keccak256(abi.encodePacked(hashes)),
-                keccak256(abi.encodePacked(fillHashes))
-            )
+            abi.encode(BATCH_TYPEHASH, b.seq, b.round, b.prevBatchHash, b.setVersion, b.deadline, ordersHash, fillsHash)
         );
         return _digest(domain, structHash);
     }
@@ -944,11 +1288,7 @@ contract Exchange {
 
     function hashBatch(Batch calldata b) external view returns (bytes32) {
         bytes32 domain = _domainSeparator();
-        bytes32[] memory hashes = new bytes32[](b.orders.length);
-        for (uint256 i = 0; i < b.orders.length; i++) {
-            hashes[i] = _digest(domain, _orderStructHash(b.orders[i].order));
-        }
-        return _batchDigest(domain, b, hashes);
+        return _batchDigest(domain, b, _hashOrders(b.orders, domain));
     }
 
     function getMarket(uint32 id) external view returns (Market memory) {
