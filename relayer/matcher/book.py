@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from bisect import bisect_left, insort
+from bisect import insort
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sortedcontainers import SortedList
 
@@ -81,11 +81,10 @@ class Retire:
 Event = AddOrder | Cancel | CancelUpTo | OracleUpdate | Retire
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(NamedTuple):
     """What an event did to one order. ``kind``: ``accepted``, ``parked`` (conditional, waiting for its trigger),
     ``activated`` (trigger crossed), ``replaced`` (an older version, by an amendment), ``cancelled``, ``removed``
-    (retired by a batch), ``rejected`` (``reason`` says why)."""
+    (retired by a batch), ``rejected`` (``reason`` says why). A named tuple: one is made per event on the hot path."""
 
     kind: str
     hash: Hash32
@@ -109,17 +108,37 @@ def priority_key(order: Order, order_hash: bytes) -> PriorityKey:
     return (price, order.created_at, order_hash)
 
 
+class _Level(list[tuple[int, bytes]]):
+    """The ``(createdAt, hash)`` entries of one price level, sorted, ghosts included; ``n`` counts the live ones."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, item: tuple[int, bytes]) -> None:
+        super().__init__((item,))
+        self.n = 1
+
+
 class BookSide:
-    """One side of a market in priority order: price levels ``levels[p]`` (a list of ``(createdAt, hash)`` kept
+    """One side of a market in priority order: price levels ``levels[p]`` (``(createdAt, hash)`` entries kept
     sorted, C ``bisect``) under price keys ``p`` (``-price`` for bids, ``price`` for asks) in a ``SortedList`` that
     changes only when a level opens or empties. Iterating gives the priority keys ``(p, createdAt, hash)`` from the
-    best, exactly the order of one ``SortedList`` of those keys; :meth:`hashes` gives just the hashes."""
+    best, exactly the order of one ``SortedList`` of those keys; :meth:`hashes` gives just the hashes.
 
-    __slots__ = ("count", "levels", "prices")
+    An entry is live while its hash is in ``alive`` (the :class:`Book`'s ``orders``; a side made on its own keeps its
+    own). Removal is lazy: the owner deletes the hash from ``alive`` and calls :meth:`remove`, which only counts it
+    out of its level; the entry stays in the level as a ghost that walks skip, :meth:`first` pops from the front, and
+    the level compacts once ghosts outnumber live entries (amortised O(1), no search on a cancel). A level whose live
+    count reaches zero is dropped at once, so ``prices`` holds exactly the levels with live orders. Precondition (the
+    book keeps it: removed hashes are cancelled or superseded for good): a removed hash is never added again.
+    """
 
-    def __init__(self) -> None:
-        self.levels: dict[int, list[tuple[int, bytes]]] = {}
+    __slots__ = ("alive", "count", "levels", "owned", "prices")
+
+    def __init__(self, alive: dict[bytes, Any] | None = None) -> None:
+        self.levels: dict[int, _Level] = {}
         self.prices: SortedList = SortedList()
+        self.owned = alive is None
+        self.alive: dict[bytes, Any] = {} if alive is None else alive
         self.count = 0
 
     def __len__(self) -> int:
@@ -129,51 +148,70 @@ class BookSide:
         return self.count > 0
 
     def __iter__(self) -> Iterator[PriorityKey]:
-        levels = self.levels
+        levels, alive = self.levels, self.alive
         for p in self.prices:
             for created, h in levels[p]:
-                yield (p, created, h)
+                if h in alive:
+                    yield (p, created, h)
 
     def hashes(self) -> Iterator[bytes]:
-        """The order hashes from the best."""
-        levels = self.levels
+        """The live order hashes from the best."""
+        levels, alive = self.levels, self.alive
         for p in self.prices:
             for _created, h in levels[p]:
-                yield h
+                if h in alive:
+                    yield h
 
     def first(self) -> PriorityKey:
         p = self.prices[0]
-        created, h = self.levels[p][0]
+        level, alive = self.levels[p], self.alive
+        while level[0][1] not in alive:
+            del level[0]  # a ghost at the front
+        created, h = level[0]
         return (p, created, h)
 
     def add(self, p: int, created: int, h: bytes) -> None:
+        """Add a live entry (its hash must already be in ``alive`` unless the side owns it)."""
+        item = (created, h)
         level = self.levels.get(p)
         if level is None:
-            self.levels[p] = [(created, h)]
+            self.levels[p] = _Level(item)
             self.prices.add(p)
         else:
-            insort(level, (created, h))
+            if item > level[-1]:
+                level.append(item)  # the common case: orders arrive in createdAt order
+            else:
+                insort(level, item)
+            level.n += 1
+        if self.owned:
+            self.alive[h] = None
         self.count += 1
 
     def remove(self, p: int, created: int, h: bytes) -> None:
+        """Count out an entry whose hash the owner has just deleted from ``alive`` (an owned side deletes it)."""
+        if self.owned:
+            if h not in self.alive:
+                raise ValueError(f"{h.hex()} is not in the book")
+            del self.alive[h]
         level = self.levels[p]
-        item = (created, h)
-        i = bisect_left(level, item)
-        if i == len(level) or level[i] != item:
-            raise ValueError(f"{h.hex()} is not in the book")
-        del level[i]
-        if not level:
+        n = level.n - 1
+        self.count -= 1
+        if n == 0:
             del self.levels[p]
             self.prices.remove(p)
-        self.count -= 1
+            return
+        level.n = n
+        if len(level) > 2 * n + 8:
+            alive = self.alive
+            level[:] = [e for e in level if e[1] in alive]
 
 
 class _MarketBook:
     __slots__ = ("asks", "bids")
 
-    def __init__(self) -> None:
-        self.bids = BookSide()
-        self.asks = BookSide()
+    def __init__(self, alive: dict[bytes, Any]) -> None:
+        self.bids = BookSide(alive)
+        self.asks = BookSide(alive)
 
 
 class Book:
@@ -184,11 +222,10 @@ class Book:
         self.ioc_window = ioc_window
         self.orders: dict[bytes, SignedOrder] = {}  # active: in a market's sorted lists
         self.parked: dict[bytes, SignedOrder] = {}  # conditional orders waiting for their trigger
-        self.current: dict[tuple[Address, Salt], bytes] = {}  # (trader, salt) -> hash of the live version
+        self.live: dict[Address, dict[Salt, bytes]] = {}  # trader -> salt -> hash of the live version
         self.superseded: set[bytes] = set()  # older versions, refused if they come again
         self.cancelled: set[tuple[Address, Salt]] = set()
         self.cancelled_up_to: dict[Address, int] = {}
-        self.salts: dict[Address, set[int]] = {}  # live salts per trader (for cancel-up-to)
         self.oracle: dict[int, int] = {}  # last confirmed oracle price per market
         self.markets: dict[int, _MarketBook] = {}
 
@@ -203,7 +240,7 @@ class Book:
     def sides(self, market: int) -> tuple[BookSide, BookSide]:
         book = self.markets.get(market)
         if book is None:
-            return BookSide(), BookSide()
+            return BookSide(self.orders), BookSide(self.orders)
         return book.bids, book.asks
 
     def get(self, order_hash: bytes) -> SignedOrder | None:
@@ -242,26 +279,55 @@ class Book:
             return self.oracle_update(event.market, event.price)
         return self.retire(event.batch)
 
+    def current(self, trader: Address, salt: Salt) -> bytes | None:
+        """The hash of the live version of (trader, salt), active or parked."""
+        salts = self.live.get(trader)
+        return None if salts is None else salts.get(salt)
+
     def add(self, signed: SignedOrder) -> list[Output]:
         order, h = signed.order, signed.hash
         trader, salt = order.trader, order.salt
-        key = (trader, salt)
-        reason = self._refusal(signed, key)
+        salts = self.live.get(trader)
+        if (
+            (salts is not None and salt in salts)  # an amendment (or the same order again)
+            or order.trigger_kind  # conditional
+            or h in self.superseded
+            or (trader, salt) in self.cancelled
+            or salt < self.cancelled_up_to.get(trader, 0)
+            or order.amount <= 0
+            or order.price <= 0
+            or int(order.flags) & _IOC
+        ):
+            return self._add_checked(signed)
+        # the common case, inlined: a new (trader, salt) without a trigger goes straight into its market
+        if salts is None:
+            self.live[trader] = {salt: h}
+        else:
+            salts[salt] = h
+        self.orders[h] = signed
+        book = self.markets.get(order.market)
+        if book is None:
+            book = self.markets[order.market] = _MarketBook(self.orders)
+        if order.side == _BUY:
+            book.bids.add(-order.price, order.created_at, h)
+        else:
+            book.asks.add(order.price, order.created_at, h)
+        return [Output("accepted", h)]
+
+    def _add_checked(self, signed: SignedOrder) -> list[Output]:
+        order, h = signed.order, signed.hash
+        trader, salt = order.trader, order.salt
+        reason = self._refusal(signed)
         if reason:
             return [Output("rejected", h, reason)]
         out: list[Output] = []
-        current = self.current
-        old_hash = current.get(key)
+        salts = self.live.setdefault(trader, {})
+        old_hash = salts.get(salt)
         if old_hash is not None:
             self._remove(old_hash)
             self.superseded.add(old_hash)
             out.append(Output("replaced", Hash32(old_hash)))
-        current[key] = h
-        salts = self.salts.get(trader)
-        if salts is None:
-            self.salts[trader] = {salt}
-        else:
-            salts.add(salt)
+        salts[salt] = h
         if order.trigger_kind != _NO_TRIGGER:
             price = self.oracle.get(order.market)
             if price is None or not trigger_holds(order, price):
@@ -272,19 +338,19 @@ class Book:
         out.append(Output("accepted", h))
         return out
 
-    def _refusal(self, signed: SignedOrder, key: tuple[Address, Salt]) -> str:
+    def _refusal(self, signed: SignedOrder) -> str:
         order, h = signed.order, signed.hash
         if h in self.orders or h in self.parked:
             return "duplicate"
         if h in self.superseded:
             return "superseded"
-        if key in self.cancelled or order.salt < self.cancelled_up_to.get(order.trader, 0):
+        if (order.trader, order.salt) in self.cancelled or order.salt < self.cancelled_up_to.get(order.trader, 0):
             return "cancelled"
         if order.amount <= 0 or order.price <= 0:
             return "bounds"
         if int(order.flags) & _IOC and order.expiry != order.created_at + self.ioc_window:
             return "ioc_window"
-        old_hash = self.current.get(key)
+        old_hash = self.current(order.trader, order.salt)
         if old_hash is not None:
             old = self.orders.get(old_hash) or self.parked[old_hash]
             if order.created_at < old.order.created_at:
@@ -299,13 +365,25 @@ class Book:
         return ""
 
     def cancel(self, trader: Address, salt: Salt) -> list[Output]:
-        key = (trader, salt)
-        self.cancelled.add(key)
-        h = self.current.pop(key, None)
+        self.cancelled.add((trader, salt))
+        salts = self.live.get(trader)
+        if salts is None:
+            return []
+        h = salts.pop(salt, None)
         if h is None:
             return []
-        self._remove(h)
-        self._drop_salt(trader, salt)
+        if not salts:
+            del self.live[trader]
+        signed = self.orders.pop(h, None)
+        if signed is None:
+            del self.parked[h]
+        else:  # _remove, inlined
+            order = signed.order
+            book = self.markets[order.market]
+            if order.side == _BUY:
+                book.bids.remove(-order.price, order.created_at, h)
+            else:
+                book.asks.remove(order.price, order.created_at, h)
         return [Output("cancelled", Hash32(h))]
 
     def cancel_up_to(self, trader: Address, salt: Salt) -> list[Output]:
@@ -313,11 +391,13 @@ class Book:
             return []
         self.cancelled_up_to[trader] = salt
         out: list[Output] = []
-        for s in sorted(x for x in self.salts.get(trader, ()) if x < salt):
-            h = self.current.pop((trader, Salt(s)))
+        salts = self.live.get(trader, {})
+        for s in sorted(x for x in salts if x < salt):
+            h = salts.pop(s)
             self._remove(h)
-            self._drop_salt(trader, Salt(s))
             out.append(Output("cancelled", Hash32(h)))
+        if not salts:
+            self.live.pop(trader, None)
         return out
 
     def oracle_update(self, market: MarketId, price: int) -> list[Output]:
@@ -334,7 +414,7 @@ class Book:
         (expired at the deadline, cancelled, filled, a FOK already filled in part). Orders dead only for the market's
         current parameters (``BOUNDS``, ``MARKET_MISMATCH``) stay: an ``updateMarket`` may revive them."""
         out: list[Output] = []
-        current, get = self.current, self.get
+        live, get = self.live, self.get
         for group in (batch.cancelled, batch.dead):
             for item in group:
                 reason = item.reason
@@ -345,13 +425,14 @@ class Book:
                 if signed is None:
                     continue
                 order = signed.order
-                key = (order.trader, order.salt)
-                if current.get(key) != h:
+                salts = live.get(order.trader)
+                if salts is None or salts.get(order.salt) != h:
                     continue
-                del current[key]
+                del salts[order.salt]
+                if not salts:
+                    del live[order.trader]
                 self._remove(h)
                 self.superseded.add(h)  # gossip bringing it back again is refused
-                self._drop_salt(order.trader, order.salt)
                 out.append(Output("removed", h, _REASON_NAMES[reason]))
         return out
 
@@ -362,7 +443,7 @@ class Book:
         self.orders[signed.hash] = signed
         book = self.markets.get(order.market)
         if book is None:
-            book = self.markets[order.market] = _MarketBook()
+            book = self.markets[order.market] = _MarketBook(self.orders)
         if order.side == _BUY:
             book.bids.add(-order.price, order.created_at, signed.hash)
         else:
@@ -379,13 +460,6 @@ class Book:
             book.bids.remove(-order.price, order.created_at, h)
         else:
             book.asks.remove(order.price, order.created_at, h)
-
-    def _drop_salt(self, trader: Address, salt: Salt) -> None:
-        salts = self.salts.get(trader)
-        if salts is not None:
-            salts.discard(salt)
-            if not salts:
-                del self.salts[trader]
 
     # --- snapshot ------------------------------------------------------------------------------------------------
 
@@ -429,8 +503,7 @@ class Book:
         return book
 
     def _track(self, signed: SignedOrder) -> None:
-        self.current[signed.order.key] = signed.hash
-        self.salts.setdefault(signed.order.trader, set()).add(signed.order.salt)
+        self.live.setdefault(signed.order.trader, {})[signed.order.salt] = signed.hash
 
 
 def _encode_order(signed: SignedOrder) -> list[Any]:

@@ -94,9 +94,11 @@ def generate(
     markets: int = 1,
     rich: bool = False,
     mix: tuple[int, int, int] = (55, 30, 15),
+    round_ops: int | None = None,
 ) -> Workload:
-    """``n_ops`` operations: ``mix`` percent adds, cancels and crossing orders (each crossing order is followed by a
-    :class:`BuildBatch`, which is not counted)."""
+    """``n_ops`` operations: ``mix`` percent adds, cancels and crossing orders. With ``round_ops`` None each crossing
+    order is followed by a :class:`BuildBatch`; with ``round_ops = k`` a :class:`BuildBatch` follows every ``k``
+    operations instead, as a node builds one batch per quorum round. :class:`BuildBatch` is not an operation."""
     rng = random.Random(seed)  # noqa: S311 -- a reproducible workload, not a secret
     start = 1_800_000_000
     now = start
@@ -157,7 +159,7 @@ def generate(
         orders.append(signed)
         ops.append(AddOrder(signed))
 
-    for _ in range(n_ops):
+    for step in range(n_ops):
         now += rng.randint(0, 1)
         r = rng.randrange(100)
         side = Side(rng.randrange(2))
@@ -170,7 +172,8 @@ def generate(
         else:
             depth = rng.randint(0, 30) * TICK
             add(make(side, MID + depth if side == Side.BUY else MID - depth, True))
-            ops.append(BuildBatch(now))
+            if round_ops is None:
+                ops.append(BuildBatch(now))
         if rich:
             x = rng.random()
             if x < 0.01:
@@ -185,6 +188,8 @@ def generate(
                 else:
                     new = replace(old, created_at=old.created_at + 1, price=old.price + TICK)
                 add(new)
+        if round_ops is not None and (step + 1) % round_ops == 0:
+            ops.append(BuildBatch(now))
     return Workload(ops=ops, chain=chain, limits=limits, start=start, orders=orders)
 
 

@@ -18,22 +18,28 @@ keys = st.tuples(st.integers(-5, 5), st.integers(0, 4), st.binary(min_size=1, ma
 
 
 @settings(max_examples=200, deadline=None)
-@given(ops=st.lists(st.tuples(st.booleans(), keys), max_size=80))
+@given(ops=st.lists(st.tuples(st.booleans(), keys), max_size=120))
 def test_book_side_walks_in_sorted_list_order(ops: list[tuple[bool, tuple[int, int, bytes]]]) -> None:
     side, plain = BookSide(), SortedList()
-    for add, key in ops:
-        if add and key not in plain:
+    gone: set[bytes] = set()  # the side's precondition: a hash removed is never added again (nor used twice)
+    for add, (p, created, tag) in ops:
+        key = (p, created, bytes([p + 5, created]) + tag)  # hashes unique per key, as order hashes are
+        if add and key not in plain and key[2] not in gone:
             side.add(*key)
             plain.add(key)
         elif not add and key in plain:
             side.remove(*key)
             plain.remove(key)
+            gone.add(key[2])
         assert list(side) == list(plain)
         assert list(side.hashes()) == [k[2] for k in plain]
         assert len(side) == len(plain) and bool(side) == bool(plain)
         if plain:
             assert side.first() == plain[0]
     assert set(side.levels) == {k[0] for k in plain}  # emptied levels are dropped
+    for p, level in side.levels.items():  # live counts are right; ghosts never outnumber live entries + slack
+        assert level.n == sum(1 for k in plain if k[0] == p)
+        assert len(level) <= 2 * level.n + 8
 
 
 def test_dead_orders_are_exactly_dead_reason() -> None:

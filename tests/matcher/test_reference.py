@@ -80,15 +80,18 @@ def _check_uncrossed(book: Book, chain: ChainState, deadline: int, batch: Batch)
 
 
 def test_matches_the_reference_on_random_workloads() -> None:
+    """Two thousand seeded rich workloads (every flag, triggers, amendments, cancels, dust, self-trades, under-funded
+    traders), a third of them with one batch per round of ops so many crossing orders meet in one batch."""
     total_fills = total_skips = 0
-    for seed in range(40):
-        workload = generate(seed, 250, traders=6, markets=1 + seed % 2, rich=True)
+    for seed in range(2_000):
+        round_ops = (None, 12, 40)[seed % 3]
+        workload = generate(seed, 120, traders=3 + seed % 5, markets=1 + seed % 2, rich=True, round_ops=round_ops)
         stp = StpMode(seed % 3)
         workload = replace(workload, limits=replace(workload.limits, stp=stp))
         _, batches, _ = _drive(workload, check=True)
         total_fills += sum(len(b.fills) for b in batches)
         total_skips += sum(len(b.skipped) for b in batches)
-    assert total_fills > 500 and total_skips > 100  # the workloads really exercise matching and skipping
+    assert total_fills > 7_000 and total_skips > 10_000  # the workloads really exercise matching and skipping
 
 
 def test_plain_workload_matches_the_reference() -> None:
