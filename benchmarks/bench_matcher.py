@@ -5,18 +5,17 @@ crossing orders) matched through build_batch once per quorum round (headline) an
 from __future__ import annotations
 
 import gc
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from typing import Any
 
 from eth_keys import keys
 
-from relayer.eip712 import order_digest, sign_digest, verify_order
+from relayer.eip712 import order_digest, sign_digest
 from relayer.matcher import Book, Retire, build_batch
 from relayer.matcher.workload import DOMAIN, IOC_WINDOW, BuildBatch, generate
 from relayer.types import Order
+from relayer.verify import Rejected, VerifyPool, verify_all
 
 N_OPS = 200_000
 ROUND_OPS = 500
@@ -27,7 +26,7 @@ def _percentile(sorted_ns: list[int], q: float) -> float:
     return sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1_000
 
 
-N_VERIFY = 4_000
+N_VERIFY = 8_000
 
 
 def _signed_orders(n: int) -> list[tuple[Order, bytes]]:
@@ -41,25 +40,19 @@ def _signed_orders(n: int) -> list[tuple[Order, bytes]]:
     return out
 
 
-def _verify_chunk(chunk: list[tuple[Order, bytes]]) -> int:
-    for order, signature in chunk:
-        verify_order(DOMAIN, order, signature)
-    return len(chunk)
-
-
 def _verify_rates() -> dict[str, float | int | str]:
     signed = _signed_orders(N_VERIFY)
     started = time.perf_counter()
-    _verify_chunk(signed)
+    results = verify_all(DOMAIN, signed)
     one = len(signed) / (time.perf_counter() - started)
-    workers = os.cpu_count() or 1
-    size = max(1, len(signed) // (workers * 4))
-    chunks = [signed[i : i + size] for i in range(0, len(signed), size)]
-    with ProcessPoolExecutor(workers) as pool:
-        list(pool.map(_verify_chunk, chunks[:workers]))  # warm the workers up
+    assert not any(isinstance(r, Rejected) for r in results)
+    with VerifyPool() as pool:
+        pool.verify(DOMAIN, signed[: pool.workers * 100])  # start the workers
         started = time.perf_counter()
-        done = sum(pool.map(_verify_chunk, chunks))
-        pooled = done / (time.perf_counter() - started)
+        results = pool.verify(DOMAIN, signed)
+        pooled = len(results) / (time.perf_counter() - started)
+        workers = pool.workers
+    assert not any(isinstance(r, Rejected) for r in results)
     return {"verify_per_s_1proc": one, "verify_per_s_all": pooled, "verify_workers": workers}
 
 

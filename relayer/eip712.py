@@ -15,13 +15,14 @@ before any curve arithmetic where the fault is visible in the bytes (:func:`chec
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import coincurve
-from eth_hash.auto import keccak
 
 from relayer.errors import KeyMaterialError, RelayerError
+from relayer.hashing import keccak
 from relayer.keys import SECP256K1_N, RelayerKey
 from relayer.margin import MAX_MARKETS, MAX_ORDER_SIZE, MAX_PRICE
 from relayer.types import Address, Fill, Hash32, Order, OrderFlag, Side, TriggerKind
@@ -155,8 +156,10 @@ def _bytes32(value: bytes, name: str) -> bytes:
     return bytes(value)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def to_checksum_address(raw: bytes) -> Address:
-    """EIP-55 form of 20 address bytes (a quicker equivalent of eth_utils.to_checksum_address)."""
+    """EIP-55 form of 20 address bytes (a quicker equivalent of eth_utils.to_checksum_address). Cached: intake checks
+    every order's trader, and a network sees the same traders over and over."""
     if len(raw) != 20:
         raise EncodingError("address", f"expected 20 bytes, got {len(raw)}")
     lower = raw.hex()
@@ -401,6 +404,10 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+_ALL_FLAGS = int(OrderFlag.POST_ONLY | OrderFlag.REDUCE_ONLY | OrderFlag.IOC | OrderFlag.FOK)
+_TRIGGER_KINDS = frozenset(int(k) for k in TriggerKind)
+
+
 def validate_order(order: Order) -> None:
     """Check an order's fields against the network-wide bounds of docs/units.md; raise :class:`InvalidOrderError`.
 
@@ -433,10 +440,9 @@ def validate_order(order: Order) -> None:
         raise InvalidOrderError("expiry", f"{order.expiry!r} is not a uint32")
     if order.expiry <= order.created_at:
         raise InvalidOrderError("expiry", f"expiry {order.expiry} is not after createdAt {order.created_at}")
-    all_flags = int(OrderFlag.POST_ONLY | OrderFlag.REDUCE_ONLY | OrderFlag.IOC | OrderFlag.FOK)
-    if not _is_int(order.flags) or not 0 <= order.flags <= 0xFF or order.flags & ~all_flags:
-        raise InvalidOrderError("flags", f"{order.flags!r} has bits outside {all_flags:#x}")
-    if not _is_int(order.trigger_kind) or order.trigger_kind not in tuple(TriggerKind):
+    if not _is_int(order.flags) or not 0 <= order.flags <= 0xFF or order.flags & ~_ALL_FLAGS:
+        raise InvalidOrderError("flags", f"{order.flags!r} has bits outside {_ALL_FLAGS:#x}")
+    if not _is_int(order.trigger_kind) or order.trigger_kind not in _TRIGGER_KINDS:
         raise InvalidOrderError("trigger_kind", f"{order.trigger_kind!r} is not 0 (none), 1 (stop-loss) or 2")
     if not _is_int(order.trigger_price):
         raise InvalidOrderError("trigger_price", f"{order.trigger_price!r} is not an integer")

@@ -13,9 +13,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, replace
 
-from eth_hash.auto import keccak
-
 from relayer.eip712 import Domain, order_digest, to_checksum_address
+from relayer.hashing import keccak
 from relayer.margin import SIZE_ONE, Account, MarketParams
 from relayer.matcher.batch import build_batch
 from relayer.matcher.book import AddOrder, Book, Cancel, CancelUpTo, Event, OracleUpdate, Retire
