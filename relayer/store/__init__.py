@@ -26,6 +26,7 @@ from relayer.store.keys import Component, Space
 from relayer.store.records import (
     SCHEMA_VERSION,
     BatchRecord,
+    BlockRecord,
     CancelRecord,
     ChainCursor,
     InputRecord,
@@ -40,6 +41,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Batch",
     "BatchRecord",
+    "BlockRecord",
     "CancelRecord",
     "ChainCursor",
     "Component",

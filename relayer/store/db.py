@@ -39,6 +39,7 @@ from relayer.store.records import (
     SCHEMA_VERSION,
     TERMINAL,
     BatchRecord,
+    BlockRecord,
     CancelRecord,
     ChainCursor,
     InputRecord,
@@ -183,8 +184,25 @@ class ProcessorBatch(Batch):
     def put_cursor(self, cursor: ChainCursor) -> None:
         self.put(k.CURSOR_KEY, cursor.encode())
 
+    def delete_cursor(self) -> None:
+        self.delete(k.CURSOR_KEY)
+
     def put_batch(self, record: BatchRecord) -> None:
         self.put(k.batch_key(record.seq), record.encode())
+
+    def put_chain_entry(self, entry: bytes, value: bytes) -> None:
+        """One entry of the final chain model (its key and encoding are relayer/chainstate.py's)."""
+        self.put(k.chain_key(entry), value)
+
+    def delete_chain_entry(self, entry: bytes) -> None:
+        self.delete(k.chain_key(entry))
+
+    def put_block(self, record: BlockRecord) -> None:
+        """An included, not yet final block with its logs."""
+        self.put(k.block_key(record.number, record.hash), record.encode())
+
+    def delete_block(self, number: int, block_hash: Hash32 | bytes) -> None:
+        self.delete(k.block_key(number, block_hash))
 
 
 class QuorumWriter(Writer):
@@ -438,6 +456,17 @@ class Store:
     def iter_batches(self) -> Iterator[BatchRecord]:
         for key, raw in self._iter(k.Space.BATCH):
             yield self._decode(key, BatchRecord.decode, k.u64_of(key), raw)
+
+    def iter_chain_entries(self) -> Iterator[tuple[bytes, bytes]]:
+        """The final chain model's entries as (entry key without the keyspace prefix, value), in key order."""
+        for key, raw in self._iter(k.Space.CHAIN):
+            yield key[1:], raw
+
+    def iter_blocks(self) -> Iterator[BlockRecord]:
+        """The included, not yet final blocks, by number (then hash)."""
+        for key, raw in self._iter(k.Space.BLOCK):
+            number, block_hash = k.block_of(key)
+            yield self._decode(key, BlockRecord.decode, number, block_hash, raw)
 
     def get_proposal(self, seq: int, round_: int) -> QuorumRecord | None:
         key = k.proposal_key(seq, round_)

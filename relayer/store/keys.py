@@ -29,6 +29,8 @@ class Space(enum.IntEnum):
     VOTE = 0x08  # seq (u64) + round (u32) -> QuorumRecord: this node's vote
     TX = 0x09  # account nonce (u64) -> TxRecord
     PEER = 0x0A  # peer id (UTF-8) -> PeerRecord
+    CHAIN = 0x0B  # entry kind (1 byte) + its id -> one entry of the final chain model (relayer/chainstate.py)
+    BLOCK = 0x0C  # block number (u64) + block hash (32) -> BlockRecord: an included, not yet final block
 
 
 class Component(enum.Enum):
@@ -51,6 +53,8 @@ OWNER: dict[Space, Component] = {
     Space.VOTE: Component.QUORUM,
     Space.TX: Component.WORKER,
     Space.PEER: Component.P2P,
+    Space.CHAIN: Component.PROCESSOR,
+    Space.BLOCK: Component.PROCESSOR,
 }
 
 ALWAYS_SYNC: frozenset[Space] = frozenset({Space.PROPOSAL, Space.VOTE, Space.TX})
@@ -104,6 +108,22 @@ def tx_key(nonce: int) -> bytes:
 
 def peer_key(peer_id: str) -> bytes:
     return bytes([Space.PEER]) + peer_id.encode("utf-8")
+
+
+def chain_key(entry: bytes) -> bytes:
+    """A final chain model entry; ``entry`` is the model's own key (kind byte + id, relayer/chainstate.py)."""
+    if not entry:
+        raise ValueError("a chain entry key is not empty")
+    return bytes([Space.CHAIN]) + bytes(entry)
+
+
+def block_key(number: int, block_hash: Hash32 | bytes) -> bytes:
+    return bytes([Space.BLOCK]) + _U64.pack(number) + _hash32(block_hash)
+
+
+def block_of(key: bytes) -> tuple[int, Hash32]:
+    """(number, hash) of a BLOCK key."""
+    return int(_U64.unpack_from(key, 1)[0]), Hash32(bytes(key[9:41]))
 
 
 def u64_of(key: bytes) -> int:

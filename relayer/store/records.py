@@ -217,18 +217,33 @@ class ChainCursor:
 
 @dataclass(frozen=True, slots=True)
 class BatchRecord:
-    """A batch seen included (or final) on chain, with its fills (``payload``: the matcher's encoding)."""
+    """A batch seen included (or final) on chain, with its fills (``payload``: the processor's encoding).
+
+    ``worker_tx`` and ``outcome`` are what the contract worker reported for this seq (the transaction it submitted;
+    ``"submitted"``, ``"stale"`` or ``"reverted"``): kept apart from ``state``, which only the chain decides. Both
+    are left out of the encoding while unset, so records without them encode as before.
+    """
 
     seq: int
     hash: Hash32
-    state: OrderState  # INCLUDED or FINAL (or REORGED)
+    state: OrderState  # INCLUDED or FINAL (or REORGED; SUBMITTED while only the worker has reported on it)
     block_number: int
     payload: bytes = b""
+    worker_tx: Hash32 | None = None
+    outcome: str = ""
 
     def encode(self) -> bytes:
-        return codec.pack(
-            {"hash": self.hash, "state": STATE_CODE[self.state], "block": self.block_number, "payload": self.payload}
-        )
+        m: dict[str, Any] = {
+            "hash": self.hash,
+            "state": STATE_CODE[self.state],
+            "block": self.block_number,
+            "payload": self.payload,
+        }
+        if self.worker_tx is not None:
+            m["worker_tx"] = self.worker_tx
+        if self.outcome:
+            m["outcome"] = self.outcome
+        return codec.pack(m)
 
     @staticmethod
     def decode(seq: int, data: bytes) -> BatchRecord:
@@ -239,6 +254,30 @@ class BatchRecord:
             _state(m.get("state")),
             _get(m, "block", int),
             _get(m, "payload", bytes),
+            Hash32(_get(m, "worker_tx", bytes)) if "worker_tx" in m else None,
+            _get(m, "outcome", str) if "outcome" in m else "",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRecord:
+    """An included block that is not final yet, with its decoded exchange logs (``logs``: the processor's
+    encoding), so a restarted processor rebuilds its included view without asking the chain."""
+
+    number: int
+    hash: Hash32
+    parent_hash: Hash32
+    timestamp: int
+    logs: bytes = b""
+
+    def encode(self) -> bytes:
+        return codec.pack({"parent": self.parent_hash, "time": self.timestamp, "logs": self.logs})
+
+    @staticmethod
+    def decode(number: int, block_hash: Hash32, data: bytes) -> BlockRecord:
+        m = _map(data)
+        return BlockRecord(
+            number, block_hash, Hash32(_get(m, "parent", bytes)), _get(m, "time", int), _get(m, "logs", bytes)
         )
 
 
