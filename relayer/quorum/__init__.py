@@ -1,0 +1,88 @@
+"""The quorum (docs/protocol.md): messages, the voter's objective rules and a transport-free state machine per node.
+
+Pure and deterministic: no I/O and no clock (times are passed in); the node executes the actions the core returns.
+"""
+
+from __future__ import annotations
+
+from relayer.quorum.core import (
+    Action,
+    BroadcastCertificate,
+    CheckThenSubmit,
+    Evidence,
+    Persist,
+    QuorumCore,
+    RecordEvidence,
+    Refused,
+    RoundChanged,
+    SendProposal,
+    SendVote,
+    SubmitCertificate,
+)
+from relayer.quorum.messages import (
+    NOT_SEEN,
+    BatchBody,
+    Certificate,
+    Message,
+    MessageError,
+    Proposal,
+    Skip,
+    Vote,
+    decode_message,
+    envelope_digest,
+    precheck,
+    settle_batch,
+    settle_call,
+)
+from relayer.quorum.rules import (
+    CHECKED_SKIP_REASONS,
+    ChainView,
+    OrderSource,
+    QuorumParams,
+    Refusal,
+    RuleError,
+    check_certificate,
+    check_proposal,
+    designated_proposer,
+    fault_tolerance,
+    sorted_members,
+)
+
+__all__ = [
+    "CHECKED_SKIP_REASONS",
+    "NOT_SEEN",
+    "Action",
+    "BatchBody",
+    "BroadcastCertificate",
+    "Certificate",
+    "ChainView",
+    "CheckThenSubmit",
+    "Evidence",
+    "Message",
+    "MessageError",
+    "OrderSource",
+    "Persist",
+    "Proposal",
+    "QuorumCore",
+    "QuorumParams",
+    "RecordEvidence",
+    "Refusal",
+    "Refused",
+    "RoundChanged",
+    "RuleError",
+    "SendProposal",
+    "SendVote",
+    "Skip",
+    "SubmitCertificate",
+    "Vote",
+    "check_certificate",
+    "check_proposal",
+    "decode_message",
+    "designated_proposer",
+    "envelope_digest",
+    "fault_tolerance",
+    "precheck",
+    "settle_batch",
+    "settle_call",
+    "sorted_members",
+]
