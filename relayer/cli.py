@@ -392,7 +392,7 @@ def config_example() -> None:
 # ------------------------------------------------------------------------------------ commands later issues bring
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@cli.command()
 @click.option(
     "--config",
     "config_file",
@@ -401,15 +401,74 @@ def config_example() -> None:
     show_default=True,
     help="Node config file.",
 )
-def run(config_file: Path) -> None:
-    """Run a relayer node from a config file until SIGTERM/SIGINT.
+@click.pass_context
+def run(ctx: click.Context, config_file: Path) -> None:
+    """Run a relayer node until SIGTERM or SIGINT (Ctrl-C), then stop cleanly and exit 0.
 
-    Arrives with the chain I/O and node issues (#6, #8); today it validates the config and stops.
+    \b
+    At start the node:
+      - checks the config, unlocks the relayer key (and keys.gas_keystore if set),
+      - refuses to start if the RPC's chain id is not chain.chain_id or chain.exchange holds no exchange,
+      - opens and recovers its store in node.data_dir (one node per directory: a second one is refused),
+      - resumes reading the exchange's events from its stored cursor (or chain.start_block), backfilling any gap.
+    A component that fails stops the node with exit code 1 and says why; it never runs half alive.
+    Today the node reconciles chain state and runs the contract worker; order intake, the p2p quorum and the trader
+    API arrive with issues #7 and #8.
     """
-    from relayer.config import load_config
+    import trio
 
-    load_config(config_file)
-    _not_yet("`relayer run`", "the chain I/O and node issues (#6, #8)")
+    from relayer.config import load_config
+    from relayer.keys import load_relayer_key
+    from relayer.node import Node
+
+    cfg = load_config(config_file)
+    _setup_logs(ctx, cfg)
+    env = dict(os.environ)
+    interactive = sys.stdin.isatty()
+    key = load_relayer_key(cfg.keys.keystore, cfg.keys.password_env, env, interactive=interactive)
+    gas_key = None
+    if cfg.keys.gas_keystore is not None:
+        from relayer.keys import decrypt_keystore, password_from
+
+        password = password_from(
+            cfg.keys.gas_password_env, env, interactive=interactive, what=f"gas keystore {cfg.keys.gas_keystore}"
+        )
+        gas_key = decrypt_keystore(cfg.keys.gas_keystore, password)
+    node = Node(cfg, key, gas_key)
+
+    async def main() -> None:
+        import signal
+
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                await nursery.start(node.run)
+                async for signum in signals:
+                    log.info("%s received: stopping", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+
+    log.info("starting relayer %s (peer id %s) with %s", key.address, key.peer_id, config_file)
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:  # trio wraps a component's failure in exception groups
+        expected = _first_leaf(group, RelayerError)
+        if expected is not None:
+            raise expected from None  # a clear one-line error, exit 1
+        log.critical("the node crashed", exc_info=group)
+        ctx.exit(EXIT_ERROR)
+    log.info("stopped")
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException], kind: type[BaseException]) -> BaseException | None:
+    """The first exception of type ``kind`` inside (nested) exception groups."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_leaf(exc, kind)
+            if found is not None:
+                return found
+        elif isinstance(exc, kind):
+            return exc
+    return None
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

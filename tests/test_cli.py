@@ -177,7 +177,7 @@ def test_commands_of_later_issues_say_so(args: list[str], issue: str, cli_env: d
     assert "not available yet" in out.stderr and issue in out.stderr
 
 
-def test_run_validates_config_before_saying_it_is_not_there_yet(tmp_path: Path, cli_env: dict[str, str]) -> None:
+def test_run_refuses_a_missing_config(tmp_path: Path, cli_env: dict[str, str]) -> None:
     out = run(["run", "--config", str(tmp_path / "missing.json")], cli_env)
     assert out.returncode == 1
     assert "does not exist" in out.stderr

@@ -16,6 +16,7 @@ dataclasses.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -196,11 +197,80 @@ def encode_call(prefix: bytes, types: Sequence[str], values: Iterable[Any]) -> b
 
 
 def decode(types: Sequence[str], data: bytes) -> tuple[Any, ...]:
-    """ABI-decode (strict padding); :class:`AbiDecodeError` when the bytes do not hold those types."""
+    """ABI-decode (strict padding); :class:`AbiDecodeError` when the bytes do not hold those types.
+
+    Tuples of static elementary types (every event's data and topics here: ``uintN``, ``intN``, ``address``,
+    ``bool``, ``bytesN``) are read word by word (:func:`_static_plan`), ~20x faster than eth-abi's general decoder
+    and with the same results and the same strictness (a test compares both on random and malformed words); anything
+    else, or data of another length, goes to eth-abi."""
+    plan = _static_plan(tuple(types))
+    if plan is not None and len(data) == 32 * len(plan):
+        out: list[Any] = []
+        for i, (kind, bits) in enumerate(plan):
+            word = data[32 * i : 32 * i + 32]
+            value = int.from_bytes(word, "big")
+            if kind == "uint":
+                if value >> bits:
+                    break
+                out.append(value)
+            elif kind == "int":
+                if value >> 255:
+                    value -= 1 << 256
+                if not -(1 << (bits - 1)) <= value < 1 << (bits - 1):
+                    break
+                out.append(value)
+            elif kind == "address":
+                if value >> 160:
+                    break
+                out.append("0x" + word[12:].hex())  # eth-abi's form: lower case (to_address checksums it)
+            elif kind == "bool":
+                if value > 1:
+                    break
+                out.append(value == 1)
+            else:  # bytesN: left-aligned, zero padding on the right
+                if word[bits:] != bytes(32 - bits):
+                    break
+                out.append(word[:bits])
+        else:
+            return tuple(out)
+        # a malformed word: let eth-abi raise its precise error
     try:
         return _abi_decode(types, data)
     except (DecodingError, UnicodeDecodeError, OverflowError) as exc:
         raise AbiDecodeError(f"cannot decode {len(data)} bytes as ({','.join(types)}): {exc}") from None
+
+
+_STATIC = re.compile(r"(uint|int)(\d+)|(address)|(bool)|bytes(\d+)")
+
+
+@functools.lru_cache(maxsize=256)
+def _static_plan(types: tuple[str, ...]) -> tuple[tuple[str, int], ...] | None:
+    """``(kind, bits-or-size)`` per type when every type is a static elementary one, else None."""
+    plan = []
+    for t in types:
+        m = _STATIC.fullmatch(t)
+        if m is None:
+            return None
+        if m.group(1):
+            bits = int(m.group(2))
+            if not (8 <= bits <= 256 and bits % 8 == 0):
+                return None
+            plan.append((m.group(1), bits))
+        elif m.group(3):
+            plan.append(("address", 160))
+        elif m.group(4):
+            plan.append(("bool", 8))
+        else:
+            size = int(m.group(5))
+            if not 1 <= size <= 32:
+                return None
+            plan.append(("bytes", size))
+    return tuple(plan)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _checksum(lower_hex: str) -> str:
+    return str(to_checksum_address(lower_hex))
 
 
 def check_address(value: Any) -> str:
@@ -215,7 +285,9 @@ def check_address(value: Any) -> str:
 
 
 def to_address(value: Any) -> str:
-    """A decoded address (hex str or 20 bytes) as its checksummed str."""
+    """A decoded address (hex str or 20 bytes) as its checksummed str (cached: a log stream repeats its traders)."""
+    if isinstance(value, str) and len(value) == 42:
+        return _checksum(value.lower())
     return str(to_checksum_address(value))
 
 

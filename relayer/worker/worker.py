@@ -141,6 +141,10 @@ async def _gather(*calls: Callable[[], Awaitable[Any]]) -> list[Any]:
     return results
 
 
+async def _no_preflight() -> bytes:
+    return b""
+
+
 class Worker:
     """Submits ``settleBatch`` jobs for one gas key (see the module docstring).
 
@@ -182,6 +186,7 @@ class Worker:
         self._started = False
         self._last_refusal = ""
         self._exact_gas = config.gas_estimator == "estimate"
+        self._simulate = True  # eth_simulateV1 for gas, until the node shows it lacks it
 
     # ------------------------------------------------------------------------------------------------ public
 
@@ -503,10 +508,13 @@ class Worker:
         ``block`` is the state to run on: ``pending`` for a new job (it sees our own lower seqs in flight),
         ``latest`` for a certificate that replaces our pending transaction of the same seq.
         """
-        # The four reads are independent: run them at once (latency of the slowest), decide in this order.
-        last, preflight, estimate, fees = await _gather(
-            self._last_seq,
-            partial(
+        # The reads are independent: run them at once (latency of the slowest), decide in this order. With the
+        # access-list estimator the estimate IS the pre-flight (one run of the call that reverts with the same data
+        # as eth_call), so the call is not run twice: a 100-fill batch costs the node ~16 ms per extra run.
+        if self.config.gas_estimator == "access-list" and not self._exact_gas:
+            preflight_call = _no_preflight
+        else:
+            preflight_call = partial(
                 call,
                 self.rpc,
                 self.config.exchange,
@@ -514,7 +522,10 @@ class Worker:
                 sender=self.address,
                 block=block,
                 decode_revert=ex.decode_revert,
-            ),
+            )
+        last, preflight, estimate, fees = await _gather(
+            self._last_seq,
+            preflight_call,
             partial(self._estimate, job, block),
             self._market_fees,
         )
@@ -608,7 +619,12 @@ class Worker:
         fallback: when the node lacks the former, when the former reports an error (the estimate then yields the
         revert data), with ``gas_estimator="estimate"``, and for good once a transaction ran out of gas.
         """
-        params = [self._call_params(job), block]
+        call_params = self._call_params(job)
+        params = [call_params, block]
+        if self.config.gas_estimator == "access-list" and not self._exact_gas and self._simulate:
+            gas = await self._simulate_gas(call_params, block)
+            if gas is not None:
+                return gas
         if self.config.gas_estimator == "access-list" and not self._exact_gas:
             try:
                 result = await self.rpc.call("eth_createAccessList", params)
@@ -621,6 +637,29 @@ class Worker:
                 if isinstance(result, dict) and not result.get("error") and "gasUsed" in result:
                     return from_quantity(result["gasUsed"])
         return from_quantity(await self.rpc.call("eth_estimateGas", params))
+
+    async def _simulate_gas(self, call_params: dict[str, str], block: str) -> int | None:
+        """The gas of one ``eth_simulateV1`` run of the call (the cheapest single execution that reports gas: ~23 ms
+        for a 100-fill batch on anvil against ~32 ms for ``eth_createAccessList``), raising the revert as
+        ``eth_call`` would; None when the node does not offer it (then never asked again)."""
+        try:
+            result = await self.rpc.call("eth_simulateV1", [{"blockStateCalls": [{"calls": [call_params]}]}, block])
+            outcome = result[0]["calls"][0]
+            status, gas_used = outcome["status"], from_quantity(outcome["gasUsed"])
+        except RpcResponseError as exc:
+            log.info("eth_simulateV1 is not usable (%s); estimating gas with eth_createAccessList", exc.message)
+            self._simulate = False
+            return None
+        except (LookupError, TypeError, ValueError) as exc:
+            log.info("eth_simulateV1 answered in an unexpected shape (%s); not using it", exc)
+            self._simulate = False
+            return None
+        if status != "0x1":
+            message = str((outcome.get("error") or {}).get("message", "execution reverted"))
+            raise RpcResponseError(
+                3, f"execution reverted: {message}", outcome.get("returnData"), method="eth_simulateV1"
+            )
+        return gas_used
 
     async def _market_fees(self) -> Fees:
         cfg = self.config

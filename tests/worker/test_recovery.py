@@ -11,7 +11,7 @@ import trio
 from eth_utils.crypto import keccak
 
 from bindings import exchange as ex
-from relayer.chain.errors import RpcConnectionError
+from relayer.chain.errors import RpcConnectionError, RpcResponseError
 from relayer.chain.rpc import FailoverRpc, from_quantity
 from relayer.chain.tx import Signer
 from relayer.store.records import TxRecord
@@ -306,7 +306,8 @@ async def test_refused_transaction_gives_its_nonce_to_the_next_job(env: Env) -> 
 
 
 class LowGasRpc:
-    """The real node, except that ``eth_createAccessList`` under-reports the gas (a node bug, or refunds)."""
+    """The real node, except that the single-run estimators (``eth_simulateV1``, ``eth_createAccessList``)
+    under-report the gas (a node bug, or refunds)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -317,6 +318,9 @@ class LowGasRpc:
         result = await self.inner.call(method, params)
         if method == "eth_createAccessList":
             result = dict(result, gasUsed=hex(from_quantity(result["gasUsed"]) // 2))
+        if method == "eth_simulateV1":
+            call = result[0]["calls"][0]
+            call["gasUsed"] = hex(from_quantity(call["gasUsed"]) // 2)
         return result
 
 
@@ -331,7 +335,8 @@ async def test_out_of_gas_switches_to_exact_estimates_and_resends(env: Env) -> N
         r2 = await results.next("included")
     assert (r1.seq, r2.seq) == (1, 2) and r2.nonce == r1.nonce + 1  # type: ignore[operator]
     assert worker.stats.requeued == 1 and worker.stats.reverted == 0
-    assert rpc.calls.count("eth_createAccessList") == 1  # not used again after the out-of-gas
+    assert rpc.calls.count("eth_simulateV1") == 1  # not used again after the out-of-gas
+    assert rpc.calls.count("eth_createAccessList") == 0
     assert rpc.calls.count("eth_estimateGas") == 2
     # the first attempt of seq 1 is on chain, reverted for want of gas, one nonce below the resent one
     block = await env.rpc.call("eth_getBlockByNumber", [hex(r1.block_number - 1), True])  # type: ignore[operator]
@@ -448,3 +453,26 @@ async def test_stored_transactions_of_another_gas_key_are_ignored(env: Env) -> N
         r = await results.next("included")
     assert (r.seq, r.nonce) == (1, nonce)
     store.close()
+
+
+class NoSimulateRpc(LowGasRpc):
+    """The real node without ``eth_simulateV1`` (older nodes): the worker falls back to ``eth_createAccessList``."""
+
+    async def call(self, method: str, params: Sequence[Any] = ()) -> Any:
+        if method == "eth_simulateV1":
+            self.calls.append(method)
+            raise RpcResponseError(-32601, "the method eth_simulateV1 does not exist/is not available", method=method)
+        return await self.inner.call(method, params)
+
+
+async def test_without_simulate_the_access_list_estimates_gas(env: Env) -> None:
+    rpc = NoSimulateRpc(env.rpc)
+    worker = make_worker(env, rpc=rpc)
+    first, second = env.chain_jobs(1, 2)
+    async with running(worker) as results:
+        await worker.submit(first)
+        await worker.submit(second)
+        r1 = await results.next("included")
+        r2 = await results.next("included")
+    assert (r1.seq, r2.seq) == (1, 2)
+    assert rpc.calls.count("eth_simulateV1") == 1  # asked once, then never again
