@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,12 +33,26 @@ from relayer.chain.errors import ChainError
 from relayer.chain.rpc import FailoverRpc, JsonRpc, from_quantity
 from relayer.chain.tx import Signer
 from relayer.config import Config
+from relayer.driver import QuorumDriver, now_ms
 from relayer.eip712 import Domain
 from relayer.errors import RelayerError
 from relayer.keys import RelayerKey
+from relayer.p2p import GossipMessage, HostConfig, OrderSync, P2PHost
+from relayer.p2p.wire import WireError, cancels_validator, decode_cancels, decode_orders, orders_validator
 from relayer.processor import Processor
+from relayer.quorum import (
+    ChainView,
+    MessageError,
+    OrderSource,
+    Proposal,
+    QuorumCore,
+    QuorumParams,
+    decode_message,
+    precheck,
+)
+from relayer.quorum.persist import load_records
 from relayer.store import Store
-from relayer.types import Address, Hash32
+from relayer.types import Address, Hash32, SignedCancel, SignedOrder
 from relayer.watcher import ChainMessage, Head, Watcher
 from relayer.worker import SettleJob, Worker, WorkerConfig, WorkerResult
 
@@ -71,6 +86,7 @@ class NodeStatus:
     lag: int = 0
     caught_up: bool = False
     blocks_applied: int = 0
+    orders_accepted: int = 0
     worker_results: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -82,9 +98,25 @@ class NodeStatus:
             "lag": self.lag,
             "caught_up": self.caught_up,
             "blocks_applied": self.blocks_applied,
+            "orders_accepted": self.orders_accepted,
             "worker_results": dict(self.worker_results),
             "uptime_s": round(time.time() - self.started_at, 1),
         }
+
+
+def quorum_params(cfg: Config) -> QuorumParams:
+    """The network's quorum parameters from the config (every node of a network must use the same values)."""
+    q = cfg.quorum
+    return QuorumParams(
+        deadline_delta=q.batch_deadline_delta_s,
+        gas_cap=q.batch_gas_cap,
+        max_fills=q.max_fills_per_batch,
+        intake_window=cfg.orders.created_at_window_s,
+        round_timeout_ms=q.round_timeout_ms,
+        round_timeout_cap_ms=q.round_timeout_max_ms,
+        grace=q.certificate_grace_s,
+        backup_delay_ms=q.backup_submit_delay_ms,
+    )
 
 
 def store_has_batch(store: Store | None, seq: int) -> bool:
@@ -106,6 +138,10 @@ class Node:
         self.processor: Processor | None = None
         self.worker: Worker | None = None
         self.watcher: Watcher | None = None
+        self.host: P2PHost | None = None
+        self.sync: OrderSync | None = None
+        self.driver: QuorumDriver | None = None
+        self.domain = Domain(chain_id=cfg.chain.chain_id, verifying_contract=Address(self.exchange))
         self.ready = trio.Event()  # set once the watcher has caught up with the head after start
         self._changed = trio.Event()  # set (and replaced) whenever the processor applied something
         self._submitted: dict[int, Hash32] = {}  # seq -> batch hash of what the worker was handed
@@ -190,7 +226,12 @@ class Node:
     async def _run_with(self, rpc: JsonRpc, store: Store, task_status: TaskStatus[Node]) -> None:
         cfg = self.cfg
         self.store = store
-        processor = self.processor = Processor.open(store)
+        processor = self.processor = Processor.open(
+            store,
+            domain=self.domain,
+            created_at_window_s=cfg.orders.created_at_window_s,
+            ioc_window_s=cfg.orders.ioc_window_s,
+        )
         cursor = processor.cursor
         if cursor is not None:
             log.info("resuming from block %d (%s)", cursor.number, cursor.hash.hex()[:16])
@@ -209,16 +250,135 @@ class Node:
         signer = Signer(self.gas_key.secret, cfg.chain.chain_id)
         self.worker = Worker(rpc, signer, store.worker(), store, WorkerConfig.from_config(cfg))
         await self.worker.start()
+        host = self.host = P2PHost(
+            self.key, HostConfig.from_section(cfg.p2p, chain_id=cfg.chain.chain_id, exchange=self.exchange)
+        )
+        orders_rx = host.subscribe(host.topics.orders, validator=orders_validator(self.domain))
+        cancels_rx = host.subscribe(host.topics.cancels, validator=cancels_validator(self.domain))
+        quorum_rx = host.subscribe(host.topics.quorum, validator=self._quorum_validator)
+        self.sync = OrderSync(
+            host,
+            self.domain,
+            lambda: (processor.open_orders(), processor.signed_cancels()),
+            self._on_sync_items,
+        )
+        proposals, votes = load_records(store)
+        core = QuorumCore(
+            self.key,
+            self.domain,
+            OrderSource(lambda: processor.book, self._first_seen_s),
+            quorum_params(cfg),
+            proposals=proposals,
+            votes=votes,
+        )
+        self.driver = QuorumDriver(
+            core,
+            self.domain,
+            store.quorum(),
+            rpc,
+            self.exchange,
+            lambda data: host.publish(host.topics.quorum, data),
+            self.submit,
+            self._on_proposal,
+        )
         chain_send, chain_recv = trio.open_memory_channel[ChainMessage](CHAIN_CHANNEL)
         result_send, result_recv = trio.open_memory_channel[WorkerResult](RESULT_CHANNEL)
         async with trio.open_nursery() as nursery:
+            await nursery.start(host.run)
+            log.info("p2p host %s listening on %s", host.peer_id, ", ".join(host.listen_addrs()))
+            nursery.start_soon(self.sync.run)
             nursery.start_soon(self.watcher.run, chain_send)
             nursery.start_soon(self._apply_chain, chain_recv)
             nursery.start_soon(self.worker.run, result_send)
             nursery.start_soon(self._apply_results, result_recv)
+            nursery.start_soon(self._gossip_orders, orders_rx)
+            nursery.start_soon(self._gossip_cancels, cancels_rx)
+            nursery.start_soon(self._quorum_inbox, quorum_rx)
+            nursery.start_soon(self.driver.ticker)
             nursery.start_soon(self._report)
             log.info("node running: relayer %s, gas payer %s", self.key.address, signer.address)
             task_status.started(self)
+
+    # --- p2p and quorum -----------------------------------------------------------------------------------------
+
+    def _quorum_validator(self, data: bytes) -> str | None:
+        try:
+            precheck(data, self.domain)
+        except MessageError as exc:
+            return str(exc)[:60] or "malformed"
+        return None
+
+    def _first_seen_s(self, order_hash: bytes) -> int | None:
+        assert self.processor is not None
+        ms = self.processor.first_seen(order_hash)
+        return None if ms is None else ms // 1000
+
+    def _intake(self, orders: list[SignedOrder], source: str) -> None:
+        assert self.processor is not None
+        if not orders:
+            return
+        results = self.processor.intake_orders([(o, False) for o in orders], now_ms=now_ms(), source=source)
+        accepted = sum(1 for r in results if r.accepted)
+        self.status.orders_accepted += accepted
+        refused = Counter(r.reason for r in results if not r.accepted)
+        log.debug(
+            "%d/%d order(s) from %s accepted%s",
+            accepted,
+            len(results),
+            source,
+            "" if not refused else " (refused: " + ", ".join(f"{k} {v}" for k, v in sorted(refused.items())) + ")",
+        )
+        self._notify()
+
+    async def _gossip_orders(self, receive: trio.MemoryReceiveChannel[GossipMessage]) -> None:
+        async for msg in receive:
+            try:
+                orders = decode_orders(msg.data, self.domain)
+            except WireError:
+                continue  # the validator let it through, so this cannot happen; never fatal
+            self._intake(orders, "gossip")
+            await trio.lowlevel.checkpoint()
+
+    async def _gossip_cancels(self, receive: trio.MemoryReceiveChannel[GossipMessage]) -> None:
+        assert self.processor is not None
+        async for msg in receive:
+            try:
+                cancels = decode_cancels(msg.data, self.domain)
+            except WireError:
+                continue
+            self.processor.intake_cancels(cancels, now_ms=now_ms(), source="gossip")
+            self._notify()
+            await trio.lowlevel.checkpoint()
+
+    async def _on_sync_items(self, peer: str, orders: list[SignedOrder], cancels: list[SignedCancel]) -> None:
+        assert self.processor is not None
+        if cancels:
+            self.processor.intake_cancels(cancels, now_ms=now_ms(), source="sync")
+        self._intake(orders, "sync")
+
+    def _on_proposal(self, proposal: Proposal) -> None:
+        """Orders a node first sees in a proposal join its book (they are signed; the window rule is the voter's)."""
+        assert self.processor is not None
+        book = self.processor.book
+        fresh = [o for o in proposal.body.orders if book.get(o.hash) is None]
+        self._intake(fresh, "proposal")
+
+    async def _quorum_inbox(self, receive: trio.MemoryReceiveChannel[GossipMessage]) -> None:
+        assert self.driver is not None
+        async for msg in receive:
+            try:
+                decoded = decode_message(msg.data, self.domain)
+            except MessageError:
+                continue
+            if isinstance(decoded, Proposal):
+                self._on_proposal(decoded)
+            await self.driver.message(msg.data)
+
+    async def _chain_to_quorum(self) -> None:
+        processor, driver = self.processor, self.driver
+        if processor is None or driver is None or processor.head is None:
+            return
+        await driver.chain(ChainView.from_model(processor.included, processor.head.timestamp))
 
     # --- loops --------------------------------------------------------------------------------------------------
 
@@ -233,6 +393,7 @@ class Node:
                 else:
                     outputs = processor.apply_chain(msg)
                     status.blocks_applied += 1
+                    await self._chain_to_quorum()
                     log.debug("%s block %d (%d changes)", type(msg).__name__.lower(), msg.block.number, len(outputs))
                     status.cursor = msg.cursor.number
                     status.lag = max(0, status.head - status.cursor)

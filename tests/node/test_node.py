@@ -71,6 +71,7 @@ def node_config(tmp_path: Path, anvil: AnvilProcess, world: World, **chain: Any)
         }
     )
     raw["chain"].update(chain)
+    raw["p2p"] = {"listen": ["/ip4/127.0.0.1/tcp/0"], "bootstrap": []}
     raw["worker"] = {"resubmit_after_ms": 2_000}
     return raw
 
