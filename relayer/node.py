@@ -390,6 +390,9 @@ class Node:
                 if isinstance(msg, Head):
                     status.head = msg.block.number
                     status.lag = msg.lag
+                    if processor.head is None or msg.block.number >= processor.head.number:
+                        processor.head = msg.block
+                    await self._chain_to_quorum()  # also the first view after a restart with no new block
                 else:
                     outputs = processor.apply_chain(msg)
                     status.blocks_applied += 1

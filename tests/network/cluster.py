@@ -4,6 +4,7 @@ host that is not a relayer) that gossips signed orders."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -201,3 +202,45 @@ async def assert_views_match(world: World, nodes: list[Node], parties: list[Any]
             assert (got.size, got.cost) == (pos.size, pos.cost), (n.index, p.label)
         for o in orders:
             assert state.filled.get((o.order.trader, o.order.salt), 0) == await world.filled(o.order), n.index
+
+
+def resting_orders(world: World, party: Any, n: int, *, first_salt: int = 1_000_000) -> list[SignedOrder]:
+    """``n`` buys far below the price (they never cross), createdAt now."""
+    now = int(time.time())
+    out = []
+    for i in range(n):
+        o: Order = world.order(
+            party, Side.BUY, 10**6, PRICE // 2 - i, salt=first_salt + i, created_at=now, expiry=now + 3_600
+        )
+        digest = eip712.order_digest(world.domain, o)
+        out.append(SignedOrder(o, eip712.sign_digest(party.key, digest), Hash32(digest)))
+    return out
+
+
+async def publish_garbage(world: World, anvil: AnvilProcess, nodes: list[Node]) -> None:
+    """Malformed, truncated and oversized messages on every topic, from a gateway host (not a relayer)."""
+    cfg = HostConfig(
+        chain_id=anvil.chain_id,
+        exchange=world.deployment.exchange,
+        listen=("/ip4/127.0.0.1/tcp/0",),
+        heartbeat_ms=200,
+        reconnect_interval_ms=200,
+        dial_backoff_ms=200,
+    )
+    host = P2PHost(RelayerKey.generate(), cfg)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(host.run)
+        for n in nodes:
+            host.add_peer(f"{n.listen}/p2p/{n.key.peer_id}")
+        with trio.fail_after(30):
+            for n in nodes:
+                await host.wait_for_subscriber(n.key.peer_id, host.topics.orders)
+        junk = [b"\x00", b"garbage" * 10, bytes(range(256)) * 4, b"\x01\x01" + b"\xff" * 300]
+        for topic in (host.topics.orders, host.topics.cancels, host.topics.quorum):
+            for data in junk:
+                with contextlib.suppress(Exception):  # the gateway's own validator may refuse it locally
+                    await host.publish(topic, data)
+        with contextlib.suppress(Exception):
+            await host.publish(host.topics.orders, b"\x01" * (cfg.max_message_bytes + 1))
+        await trio.sleep(1.0)
+        nursery.cancel_scope.cancel()
