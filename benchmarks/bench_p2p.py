@@ -24,7 +24,7 @@ from relayer.types import Hash32, Side, SignedOrder
 from tests.exchange.world import PRICE, World
 from tests.network.cluster import Node, crossing, gossip, make_cluster, wait_logs, wait_seq
 
-BATCHES = 20
+BATCHES = int(os.environ.get("BENCH_P2P_BATCHES", "20"))
 ORDERS = 8_000
 
 
@@ -107,11 +107,18 @@ async def _main(tmp: Path, anvil: AnvilProcess) -> dict[str, Any]:
                 await wait_seq(world, nodes, i + 1)
             latencies = _certificate_latencies(nodes)
             orders = _resting(world, resting, ORDERS, 10_000)
+
+            async def all_accepted() -> None:
+                with trio.move_on_after(300):
+                    while min(_accepted(n) for n in nodes) < ORDERS:  # noqa: ASYNC110 -- polling the nodes' logs
+                        await trio.sleep(0.1)
+
             started = time.time()
-            await gossip(world, anvil, nodes, orders)
-            with trio.fail_after(300):
-                while min(_accepted(n) for n in nodes) < ORDERS:  # noqa: ASYNC110 -- polling the nodes' logs
-                    await trio.sleep(0.1)
+            await gossip(world, anvil, nodes, orders, until=all_accepted)
+            counts = [_accepted(n) for n in nodes]
+            if min(counts) < ORDERS:
+                refusals = [r["msg"] for n in nodes for r in _records(n) if "refused" in str(r.get("msg", ""))]
+                raise RuntimeError(f"only {counts} of {ORDERS} orders accepted per node; {refusals[:4]}")
             last = max(
                 _ts(r["ts"])
                 for n in nodes

@@ -17,12 +17,14 @@ rather than copies library code, and is exercised by tests/p2p (the burst test f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
 from typing import Any
 
-from libp2p.abc import IHost, IPubsubRouter
+from google.protobuf.message import DecodeError
+from libp2p.abc import IHost, INetStream, IPubsubRouter
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import Pubsub
@@ -35,14 +37,19 @@ MessageCallback = Callable[[rpc_pb2.Message], None]
 
 
 class _SizedQueues(dict[ID, Any]):
-    """The pubsub's ``peer_queues`` dict: every queue stored in it gets ``max_size`` slots and a drop counter."""
+    """The pubsub's ``peer_queues`` dict: every queue stored in it gets ``max_size`` slots, a drop counter and an
+    outbound RPC size limit of ``max_rpc_bytes`` (the library's 1 MiB default silently drops a message that is within
+    the host's ``max_message_bytes`` once the envelope is added)."""
 
-    def __init__(self, max_size: int, on_drop: Callable[[], None]) -> None:
+    def __init__(self, max_size: int, on_drop: Callable[[], None], max_rpc_bytes: int | None = None) -> None:
         super().__init__()
         self._max_size = max_size
         self._on_drop = on_drop
+        self._max_rpc_bytes = max_rpc_bytes
 
     def __setitem__(self, peer_id: ID, queue: Any) -> None:
+        if self._max_rpc_bytes is not None and hasattr(queue, "max_message_size"):
+            queue.max_message_size = max(queue.max_message_size, self._max_rpc_bytes)
         inner = getattr(queue, "_queue", None)
         if inner is not None and hasattr(inner, "max_size"):
             inner.max_size = self._max_size
@@ -72,11 +79,25 @@ class TunedPubsub(Pubsub):
         on_message: MessageCallback,
         outbound_queue_size: int,
         on_outbound_drop: Callable[[], None],
+        max_outbound_rpc_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(host, router, **kwargs)
         self._on_message = on_message
-        self.peer_queues = _SizedQueues(outbound_queue_size, on_outbound_drop)
+        self.peer_queues = _SizedQueues(outbound_queue_size, on_outbound_drop, max_outbound_rpc_size)
+        self.bad_rpcs = 0
+
+    async def stream_handler(self, stream: INetStream) -> None:
+        """The library's handler, except that a peer sending bytes that are not a pubsub RPC (a protobuf
+        ``DecodeError``, which py-libp2p 0.8.1 does not catch: it would end the whole pubsub service, i.e. let any
+        peer crash the node) loses that stream, and is counted and logged."""
+        try:
+            await super().stream_handler(stream)
+        except DecodeError as exc:
+            self.bad_rpcs += 1
+            log.warning("peer %s sent a malformed pubsub RPC (%s): stream closed", stream.muxed_conn.peer_id, exc)
+            with contextlib.suppress(Exception):
+                await stream.reset()
 
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         # Called once per validated, first-seen message (own publishes included) from push_msg.

@@ -436,6 +436,7 @@ class P2PHost:
             on_message=self._on_message,
             outbound_queue_size=cfg.outbound_queue,
             on_outbound_drop=self._on_outbound_drop,
+            max_outbound_rpc_size=rpc_limit,
             strict_signing=True,
             max_inbound_rpc_size=rpc_limit,
         )

@@ -220,15 +220,23 @@ def max_orders_per_message(max_message_bytes: int) -> int:
     return max(1, min(MAX_ITEMS, (max_message_bytes - ORDERS_OVERHEAD) // ORDER_SIZE))
 
 
+GOSSIP_TARGET_BYTES = 131_072
+"""The size an honest node packs its gossip messages to (at most; ``max_message_bytes`` may be lower). Measured with
+py-libp2p 0.8.1: a pubsub RPC larger than the yamux window (256 KiB) is written in parts while the stream's window
+refills, and another RPC written to the same stream meanwhile (a heartbeat's GRAFT, another publish) interleaves
+with it: the receiver then reads a corrupt protobuf. 128 KiB (~990 orders) stays well inside one window."""
+
+
 def pack_orders(orders: Sequence[SignedOrder], max_message_bytes: int) -> list[bytes]:
-    """Split ``orders`` into as few ORDERS messages as fit ``max_message_bytes`` each (gossip many orders a
-    message: py-libp2p's cost is per message, not per byte)."""
-    step = max_orders_per_message(max_message_bytes)
+    """Split ``orders`` into as few ORDERS messages as fit ``min(max_message_bytes, GOSSIP_TARGET_BYTES)`` each
+    (gossip many orders a message: py-libp2p's cost is per message, not per byte)."""
+    step = max_orders_per_message(min(max_message_bytes, GOSSIP_TARGET_BYTES))
     return [encode_orders(orders[i : i + step]) for i in range(0, len(orders), step)]
 
 
 def pack_cancels(cancels: Sequence[SignedCancel], max_message_bytes: int) -> list[bytes]:
-    step = max(1, min(MAX_ITEMS, (max_message_bytes - ORDERS_OVERHEAD) // CANCEL_SIZE))
+    limit = min(max_message_bytes, GOSSIP_TARGET_BYTES)
+    step = max(1, min(MAX_ITEMS, (limit - ORDERS_OVERHEAD) // CANCEL_SIZE))
     return [encode_cancels(cancels[i : i + step]) for i in range(0, len(cancels), step)]
 
 

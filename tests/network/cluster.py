@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +161,11 @@ def crossing(world: World, maker_party: Any, taker_party: Any, amount: int) -> l
 
 
 async def gossip(
-    world: World, anvil: AnvilProcess, nodes: list[Node], orders: list[SignedOrder] | Callable[[], list[SignedOrder]]
+    world: World,
+    anvil: AnvilProcess,
+    nodes: list[Node],
+    orders: list[SignedOrder] | Callable[[], list[SignedOrder]],
+    until: Callable[[], Awaitable[None]] | None = None,
 ) -> list[SignedOrder]:
     """Publish ``orders`` from a trader gateway host (not a relayer) connected to every node; a callable is called
     once the gateway is connected (orders signed then are fresh for the nodes' createdAt window). Returns them."""
@@ -185,7 +189,10 @@ async def gossip(
             orders = orders()
         for message in pack_orders(orders, cfg.max_message_bytes):
             await host.publish(host.topics.orders, message)
-        await trio.sleep(1.0)  # let the message leave before the host closes
+        if until is not None:
+            await until()  # keep the gateway up (its queued messages keep flowing) until the caller has seen them
+        else:
+            await trio.sleep(1.0)  # let the messages leave before the host closes
         nursery.cancel_scope.cancel()
     return orders
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import libp2p.peer.id as libp2p_id
 import multiaddr
 import pytest
 import trio
 from libp2p import new_host
 from libp2p.crypto.secp256k1 import create_new_key_pair
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 
 from relayer.config import parse_config
@@ -237,4 +239,34 @@ async def test_a_restarted_peer_is_redialled_and_rejoins_the_mesh() -> None:
             msg = await inbox.receive()
         assert msg.data == b"proposal after restart" and msg.sender == others[0].peer_id
         assert trio.current_time() - start_time < 5
+        nursery.cancel_scope.cancel()
+
+
+async def test_packed_messages_get_through_and_a_malformed_rpc_does_not_crash_the_host() -> None:
+    """Orders packed as the node packs them (GOSSIP_TARGET_BYTES a message) all arrive; a peer that writes bytes that
+    are not a pubsub RPC on the pubsub protocol loses its stream, and the host keeps working."""
+    a = P2PHost(RelayerKey.generate(), config(max_message_bytes=1_048_576))
+    b = P2PHost(RelayerKey.generate(), config(max_message_bytes=1_048_576))
+    topic = a.topics.orders
+    inbox = b.subscribe(topic, validator=wire.orders_validator(DOMAIN))
+    a.subscribe(topic)
+    orders = make_orders(3_000)
+    messages = wire.pack_orders(orders, 1_048_576)
+    assert len(messages) == 4 and all(len(m) <= wire.GOSSIP_TARGET_BYTES for m in messages)
+    async with trio.open_nursery() as nursery:
+        await start(nursery, b)
+        a.add_peer(b.listen_addrs()[0])
+        await start(nursery, a)
+        with trio.fail_after(30):
+            await wait_mesh([a, b], topic)
+            # a corrupt RPC on a fresh pubsub stream: length prefix 300, then bytes that are no protobuf
+            stream = await a.libp2p_host.new_stream(libp2p_id.ID.from_base58(b.peer_id), [PROTOCOL_ID_V11])
+            await stream.write(b"\xac\x02" + b"\xff" * 300)
+            for m in messages:
+                await a.publish(topic, m)
+            got = 0
+            while got < len(orders):
+                got += len(wire.decode_orders((await inbox.receive()).data, DOMAIN))
+        assert got == len(orders) and a.stats.dropped_outbound == 0
+        assert b.pubsub.bad_rpcs == 1
         nursery.cancel_scope.cancel()
