@@ -11,7 +11,7 @@ returns, in order:
   proposer but gossiped: the proposer is often one hop away, and every node learns who voted, for round jumps);
 * ``SubmitCertificate`` → the node's worker; ``CheckThenSubmit`` (backup) → read ``lastSeq`` first, submit only if
   the seq is still open;
-* ``RecordEvidence`` → logged loudly and kept; ``Refused`` / ``RoundChanged`` → logs and counters.
+* ``RecordEvidence`` → logged loudly and stored (keyspace EVIDENCE); ``Refused`` / ``RoundChanged`` → logs and counters.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from relayer.quorum import (
 from relayer.quorum.persist import persist
 from relayer.store.db import QuorumWriter
 from relayer.store.errors import StoreError
+from relayer.store.records import EvidenceRecord
 from relayer.types import Hash32
 from relayer.worker import SettleJob
 
@@ -152,6 +153,23 @@ class QuorumDriver:
                 self.evidence.append(action.evidence)
                 self.counters["evidence"] += 1
                 e = action.evidence
+                try:
+                    self.writer.record_evidence(
+                        EvidenceRecord(
+                            e.seq,
+                            e.round,
+                            e.signer,
+                            e.kind,
+                            e.first_digest,
+                            e.first_signature,
+                            e.first_message,
+                            e.second_digest,
+                            e.second_signature,
+                            e.second_message,
+                        )
+                    )
+                except StoreError as exc:
+                    log.warning("quorum: evidence not stored: %s", exc)
                 log.error(
                     "EQUIVOCATION by %s: two %ss for seq %d round %d (%s and %s); evidence kept",
                     e.signer,

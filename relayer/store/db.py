@@ -42,6 +42,7 @@ from relayer.store.records import (
     BlockRecord,
     CancelRecord,
     ChainCursor,
+    EvidenceRecord,
     InputRecord,
     OrderRecord,
     PeerRecord,
@@ -238,6 +239,15 @@ class QuorumWriter(Writer):
     def record_vote(self, rec: QuorumRecord) -> QuorumRecord:
         """Promise: store this node's vote for (seq, round) synced; send it only after this returns."""
         return self._record(k.vote_key(rec.seq, rec.round), rec, "vote")
+
+    def record_evidence(self, rec: EvidenceRecord) -> None:
+        """Keep a peer's equivocation (not a promise of ours: unsynced; the first record per key stays)."""
+        key = k.evidence_key(rec.seq, rec.round, bytes.fromhex(rec.signer[2:]), rec.kind)
+        if self.store._get(key) is not None:
+            return
+        b = self.batch()
+        b.put(key, rec.encode())
+        self.commit(b, sync=False)
 
 
 class WorkerWriter(Writer):
@@ -483,6 +493,10 @@ class Store:
             raise ValueError("space must be PROPOSAL or VOTE")
         for key, raw in self._iter(space):
             yield self._decode(key, QuorumRecord.decode, *k.seq_round_of(key), raw)
+
+    def iter_evidence(self) -> Iterator[EvidenceRecord]:
+        for key, raw in self._iter(k.Space.EVIDENCE):
+            yield self._decode(key, EvidenceRecord.decode, *k.seq_round_of(key), raw)
 
     def iter_txs(self) -> Iterator[TxRecord]:
         for key, raw in self._iter(k.Space.TX):

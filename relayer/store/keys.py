@@ -31,6 +31,7 @@ class Space(enum.IntEnum):
     PEER = 0x0A  # peer id (UTF-8) -> PeerRecord
     CHAIN = 0x0B  # entry kind (1 byte) + its id -> one entry of the final chain model (relayer/chainstate.py)
     BLOCK = 0x0C  # block number (u64) + block hash (32) -> BlockRecord: an included, not yet final block
+    EVIDENCE = 0x0D  # seq (u64) + round (u32) + signer (20) + kind (1) -> EvidenceRecord: a peer's equivocation
 
 
 class Component(enum.Enum):
@@ -55,6 +56,7 @@ OWNER: dict[Space, Component] = {
     Space.PEER: Component.P2P,
     Space.CHAIN: Component.PROCESSOR,
     Space.BLOCK: Component.PROCESSOR,
+    Space.EVIDENCE: Component.QUORUM,
 }
 
 ALWAYS_SYNC: frozenset[Space] = frozenset({Space.PROPOSAL, Space.VOTE, Space.TX})
@@ -100,6 +102,15 @@ def proposal_key(seq: int, round_: int) -> bytes:
 
 def vote_key(seq: int, round_: int) -> bytes:
     return bytes([Space.VOTE]) + _U64_U32.pack(seq, round_)
+
+
+EVIDENCE_KINDS = {"proposal": 1, "vote": 2}
+
+
+def evidence_key(seq: int, round_: int, signer: bytes, kind: str) -> bytes:
+    if len(signer) != 20:
+        raise ValueError("a signer is 20 address bytes")
+    return bytes([Space.EVIDENCE]) + _U64_U32.pack(seq, round_) + bytes(signer) + bytes([EVIDENCE_KINDS[kind]])
 
 
 def tx_key(nonce: int) -> bytes:

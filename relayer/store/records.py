@@ -300,6 +300,52 @@ class QuorumRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class EvidenceRecord:
+    """Two different batch digests one relayer signed for one (seq, round): both digests, both signatures and the
+    signed messages that bind each digest to (seq, round). Anyone can re-check it with the relayer's address."""
+
+    seq: int
+    round: int
+    signer: str
+    kind: str  # "proposal" or "vote"
+    first_digest: Hash32
+    first_signature: bytes
+    first_message: bytes
+    second_digest: Hash32
+    second_signature: bytes
+    second_message: bytes
+
+    def encode(self) -> bytes:
+        return codec.pack(
+            {
+                "signer": self.signer,
+                "kind": self.kind,
+                "first": [self.first_digest, self.first_signature, self.first_message],
+                "second": [self.second_digest, self.second_signature, self.second_message],
+            }
+        )
+
+    @staticmethod
+    def decode(seq: int, round_: int, data: bytes) -> EvidenceRecord:
+        m = _map(data)
+        first, second = _get(m, "first", list), _get(m, "second", list)
+        if len(first) != 3 or len(second) != 3:
+            raise codec.DecodeError("malformed evidence")
+        return EvidenceRecord(
+            seq,
+            round_,
+            _get(m, "signer", str),
+            _get(m, "kind", str),
+            Hash32(bytes(first[0])),
+            bytes(first[1]),
+            bytes(first[2]),
+            Hash32(bytes(second[0])),
+            bytes(second[1]),
+            bytes(second[2]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class TxRecord:
     """A transaction the worker handed to the chain: its nonce, hash, raw signed bytes and the seq it settles."""
 

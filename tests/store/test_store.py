@@ -275,3 +275,22 @@ def test_state_hash_covers_every_record(tmp_path: Path) -> None:
         b.processor().accept_order(order_record(1))
         assert a.state_hash() == b.state_hash()
         assert isinstance(a.state_hash(), bytes) and Hash32(a.state_hash())
+
+
+def test_equivocation_evidence_is_kept_once_per_signer_and_round(tmp_path: Path) -> None:
+    from relayer.store.records import EvidenceRecord
+
+    signer = "0x" + "ab" * 20
+    rec = EvidenceRecord(7, 2, signer, "vote", Hash32(b"\x01" * 32), b"s1", b"m1", Hash32(b"\x02" * 32), b"s2", b"m2")
+    with Store.open(tmp_path / "db") as store:
+        writer = store.quorum()
+        writer.record_evidence(rec)
+        writer.record_evidence(
+            EvidenceRecord(7, 2, signer, "vote", rec.second_digest, b"x", b"y", rec.first_digest, b"z", b"w")
+        )
+        writer.record_evidence(
+            EvidenceRecord(7, 2, signer, "proposal", rec.first_digest, b"p", b"q", rec.second_digest, b"r", b"s")
+        )
+    with Store.open(tmp_path / "db") as store:
+        kept = list(store.iter_evidence())
+    assert len(kept) == 2 and rec in kept  # the first record per (seq, round, signer, kind) stays
