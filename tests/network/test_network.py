@@ -4,6 +4,7 @@ the contract's; a node killed with SIGKILL and restarted rejoins and takes part 
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -11,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from bindings import exchange as ex
 from relayer.chain.anvil import AnvilControl, AnvilProcess, start_anvil_sync
 from relayer.chain.rpc import HttpRpc
 from relayer.processor import Processor
+from relayer.quorum import designated_proposer
 from relayer.store import Store
+from relayer.types import Address
 from tests.exchange.world import World
 
 from .cluster import (
@@ -68,13 +72,16 @@ async def test_four_nodes_certify_and_settle_and_a_killed_node_rejoins(
     wait_logs(cluster, r"seq 2: round 0 starts \(included\)")  # every node saw batch 1 land
     assert await world.filled(first[1].order) == 2 * 10**7
 
-    # kill -9 one node; the other three (t = 3) still certify; the killed one rejoins and catches up
-    victim = cluster[2]
+    # kill -9 the node designated to propose seq 2 in round 0: the others (t = 3) time the silent round out, the next
+    # proposer's batch lands; the killed one rejoins by itself and catches up
+    chosen = designated_proposer([Address(r.address) for r in world.relayers], 2, 0)
+    (victim,) = [n for n in cluster if n.key.address == chosen]
     victim.stop(signal.SIGKILL)
     second = await gossip(
         world, anvil, [n for n in cluster if n is not victim], lambda: crossing(world, maker, taker, 10**7)
     )
     await wait_seq(world, cluster, 2)
+    wait_logs([n for n in cluster if n is not victim], r"seq 2: round 1 \(timeout\)")  # the silent round timed out
     victim.start()
     wait_logs([victim], r"caught up with the chain", timeout=60)
     # the other way round, with the restarted node in the mesh
@@ -131,3 +138,45 @@ async def test_anti_entropy_late_joiner_and_garbage(world: World, anvil: AnvilPr
         assert {o.hash for o in hidden} <= held, f"node{n.index} lacks the anti-entropy orders"
         assert "the node crashed" not in n.text()  # (py-libp2p logs its own shutdown tracebacks; ours exit 0)
     await assert_views_match(world, survivors, [maker, taker], first + second)
+
+
+async def test_a_certificate_its_proposer_cannot_submit_lands_through_a_backup(
+    tmp_path: Path, anvil: AnvilProcess, world: World
+) -> None:
+    """The proposer of (seq 1, round 0) has no gas money: its worker's transaction is refused, so the certificate it
+    assembled never lands from it; the other holders check lastSeq after their staggered delay and the first one's
+    backup submission settles it."""
+    chosen = designated_proposer([Address(r.address) for r in world.relayers], 1, 0)
+    await world.control.set_balance(chosen, 0)
+    maker = await world.trader("bk-maker", deposit=1_000_000 * 10**6)
+    taker = await world.trader("bk-taker", deposit=1_000_000 * 10**6)
+    # a long round 0, so that the designated proposer of (1, 0) is the one that sees the orders
+    nodes = make_cluster(
+        tmp_path,
+        anvil,
+        world,
+        extra={"quorum": {"round_timeout_ms": 60_000, "round_timeout_max_ms": 60_000, "backup_submit_delay_ms": 1_000}},
+    )
+    try:
+        for n in nodes:
+            n.start()
+        wait_logs(nodes, r"caught up with the chain")
+        await gossip(world, anvil, nodes, lambda: crossing(world, maker, taker, 10**7))
+        await wait_seq(world, nodes, 1)
+        logs = await world.rpc.call(
+            "eth_getLogs",
+            [{"address": world.deployment.exchange, "fromBlock": hex(world.deployment.block), "toBlock": "latest"}],
+        )
+        settled = [
+            d.event for d in map(ex.decode_event, logs) if d is not None and isinstance(d.event, ex.BatchSettledEvent)
+        ]
+        assert len(settled) == 1 and settled[0].seq == 1
+        assert settled[0].submitter != chosen  # a backup submitted it
+        (proposer,) = [n for n in nodes if n.key.address == chosen]
+        assert re.search(r"proposing seq 1 round 0", proposer.text())
+        assert re.search(r"batch 1: failed", proposer.text()), proposer.text()[-3000:]
+        assert any(re.search(r"submitting \(backup rank \d\)", n.text()) for n in nodes if n is not proposer)
+    finally:
+        for n in nodes:
+            if n.alive():
+                n.stop(signal.SIGKILL)

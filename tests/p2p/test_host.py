@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import libp2p.peer.id as libp2p_id
 import multiaddr
 import pytest
 import trio
@@ -260,7 +259,9 @@ async def test_packed_messages_get_through_and_a_malformed_rpc_does_not_crash_th
         with trio.fail_after(30):
             await wait_mesh([a, b], topic)
             # a corrupt RPC on a fresh pubsub stream: length prefix 300, then bytes that are no protobuf
-            stream = await a.libp2p_host.new_stream(libp2p_id.ID.from_base58(b.peer_id), [PROTOCOL_ID_V11])
+            info = info_from_p2p_addr(multiaddr.Multiaddr(b.listen_addrs()[0]))
+            a.libp2p_host.get_peerstore().add_addrs(info.peer_id, info.addrs, 3_600)
+            stream = await a.libp2p_host.new_stream(info.peer_id, [PROTOCOL_ID_V11])
             await stream.write(b"\xac\x02" + b"\xff" * 300)
             for m in messages:
                 await a.publish(topic, m)
