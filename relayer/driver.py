@@ -180,13 +180,13 @@ class QuorumDriver:
                     e.second_digest.hex()[:16],
                 )
             elif isinstance(action, Refused):
-                self.counters[f"refused_{action.reason}"] += 1
+                self.counters[f"refused_{action.reason.value}"] += 1
                 log.warning(
                     "refused seq %d round %d from %s: %s (%s)",
                     action.seq,
                     action.round,
                     action.proposer,
-                    action.reason,
+                    action.reason.value,
                     action.detail,
                 )
             elif isinstance(action, RoundChanged):

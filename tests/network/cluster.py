@@ -251,3 +251,56 @@ async def publish_garbage(world: World, anvil: AnvilProcess, nodes: list[Node]) 
             await host.publish(host.topics.orders, b"\x01" * (cfg.max_message_bytes + 1))
         await trio.sleep(1.0)
         nursery.cancel_scope.cancel()
+
+
+def current_round(node: Node, seq: int = 1) -> int:
+    rounds = [int(r) for r in re.findall(rf"seq {seq}: round (\d+) ", node.text())]
+    return max(rounds, default=0)
+
+
+async def publish_raw(
+    world: World,
+    anvil: AnvilProcess,
+    nodes: list[Node],
+    key: RelayerKey,
+    designated: Callable[[int, int], bool],
+    makers: list[tuple[int, Callable[[int], Awaitable[list[bytes]]]]],
+) -> list[int]:
+    """Play a relayer with ``key`` on the quorum topic. For each ``(seq, maker)``: wait until every node works on
+    ``seq``, pick the next round at least two ahead of every node's where ``designated(seq, round)``, wait until every
+    node has entered that round (their logs say so), then publish ``await maker(round)``. Returns the rounds
+    used."""
+    cfg = HostConfig(
+        chain_id=anvil.chain_id,
+        exchange=world.deployment.exchange,
+        listen=("/ip4/127.0.0.1/tcp/0",),
+        heartbeat_ms=200,
+        reconnect_interval_ms=200,
+        dial_backoff_ms=200,
+    )
+    host = P2PHost(key, cfg)
+    host.subscribe(host.topics.quorum)
+    used: list[int] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(host.run)
+        for n in nodes:
+            host.add_peer(f"{n.listen}/p2p/{n.key.peer_id}")
+        with trio.fail_after(30):
+            for n in nodes:
+                await host.wait_for_subscriber(n.key.peer_id, host.topics.quorum)
+        for seq, make in makers:
+            with trio.fail_after(90):
+                while not all(re.search(rf"seq {seq}: round 0 starts", n.text()) for n in nodes):  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            round_ = max(current_round(n, seq) for n in nodes) + 2
+            while not designated(seq, round_):
+                round_ += 1
+            with trio.fail_after(60):
+                while not all(current_round(n, seq) >= round_ for n in nodes):  # noqa: ASYNC110 -- polling logs
+                    await trio.sleep(0.01)
+            for data in await make(round_):
+                await host.publish(host.topics.quorum, data)
+            used.append(round_)
+        await trio.sleep(1.0)
+        nursery.cancel_scope.cancel()
+    return used

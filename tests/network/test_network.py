@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 
 from bindings import exchange as ex
+from relayer import eip712
 from relayer.chain.anvil import AnvilControl, AnvilProcess, start_anvil_sync
 from relayer.chain.rpc import HttpRpc
+from relayer.keys import RelayerKey
 from relayer.processor import Processor
-from relayer.quorum import designated_proposer
+from relayer.quorum import BatchBody, Proposal, designated_proposer, envelope_digest
 from relayer.store import Store
-from relayer.types import Address
+from relayer.types import Address, Fill, Hash32, SignedOrder
 from tests.exchange.world import World
 
 from .cluster import (
@@ -27,8 +29,10 @@ from .cluster import (
     assert_views_match,
     crossing,
     gossip,
+    last_seq,
     make_cluster,
     publish_garbage,
+    publish_raw,
     resting_orders,
     wait_logs,
     wait_seq,
@@ -180,3 +184,87 @@ async def test_a_certificate_its_proposer_cannot_submit_lands_through_a_backup(
         for n in nodes:
             if n.alive():
                 n.stop(signal.SIGKILL)
+
+
+async def _proposal(
+    world: World, key: RelayerKey, seq: int, round_: int, orders: list[SignedOrder], amount: int
+) -> bytes:
+    """A proposal for (``seq``, ``round_``) on the chain as it is, signed by ``key``: one fill of ``amount`` between
+    ``orders[0]`` (maker) and ``orders[1]``."""
+    prev = ex.decode_last_batch_hash_result(await world.view(ex.encode_last_batch_hash()))
+    head = int((await world.rpc.call("eth_getBlockByNumber", ["latest", False]))["timestamp"], 16)
+    body = BatchBody(
+        seq=seq,
+        round=round_,
+        prev_batch_hash=Hash32(prev),
+        set_version=world.set_version,
+        deadline=head + 30,
+        orders=tuple(orders),
+        fills=(Fill(0, 1, amount),),
+    )
+    digest = body.digest(world.domain)
+    now = int(time.time())
+    return Proposal(
+        body=body,
+        time=now,
+        skipped=(),
+        proposer=Address(key.address),
+        batch_signature=eip712.sign_digest(key, digest),
+        signature=eip712.sign_digest(key, envelope_digest(world.domain, digest, now, ())),
+    ).encode()
+
+
+async def test_a_malicious_and_equivocating_proposer_gets_no_batch_through(
+    tmp_path: Path, anvil: AnvilProcess, world: World
+) -> None:
+    """Three honest `relayer run` processes and a fourth relayer played by the test. For seq 1, in a round it is
+    designated for, it proposes an overfill: every honest node refuses it (no votes), and an honest proposer then
+    settles those orders. For seq 2 it sends two different proposals for one round: the honest nodes store its two
+    signatures as evidence, and again an honest proposer settles the orders, exactly once."""
+    maker = await world.trader("mal-maker", deposit=1_000_000 * 10**6)
+    taker = await world.trader("mal-taker", deposit=1_000_000 * 10**6)
+    members = [Address(r.address) for r in world.relayers]
+    nodes = make_cluster(
+        tmp_path, anvil, world, extra={"quorum": {"round_timeout_ms": 800, "round_timeout_max_ms": 800}}
+    )
+    bad_key, honest = nodes[3].key, nodes[:3]
+    try:
+        for n in honest:
+            n.start()
+        wait_logs(honest, r"caught up with the chain")
+        # never gossiped: the honest nodes first see these orders in the bad proposals
+        first = crossing(world, maker, taker, 10**7)
+        second = crossing(world, taker, maker, 10**7)
+
+        async def overfill(r: int) -> list[bytes]:
+            return [await _proposal(world, bad_key, 1, r, first, 2 * 10**7)]
+
+        async def equivocate(r: int) -> list[bytes]:
+            return [
+                await _proposal(world, bad_key, 2, r, second, 10**7),
+                await _proposal(world, bad_key, 2, r, second, 5 * 10**6),
+            ]
+
+        rounds = await publish_raw(
+            world,
+            anvil,
+            honest,
+            bad_key,
+            lambda seq, r: designated_proposer(members, seq, r) == bad_key.address,
+            [(1, overfill), (2, equivocate)],
+        )
+        wait_logs(honest, rf"refused seq 1 round {rounds[0]} from {bad_key.address}: overfill")
+        wait_logs(honest, rf"EQUIVOCATION by {bad_key.address}")
+        assert await wait_seq(world, honest, 2) == 2
+        wait_logs(honest, r"seq 3: round 0 starts \(included\)")
+    finally:
+        for n in honest:
+            if n.alive():
+                assert n.stop() == 0, n.text()[-3000:]
+    assert await world.filled(first[0].order) == 10**7  # the overfill never landed; the honest batch did
+    assert await world.filled(second[0].order) in (10**7, 5 * 10**6)
+    assert await last_seq(world) == 2
+    for n in honest:
+        with Store.open(n.home / "data") as store:
+            evidence = list(store.iter_evidence())
+        assert [(e.seq, e.round, e.signer) for e in evidence] == [(2, rounds[1], bad_key.address)], n.index
