@@ -37,7 +37,7 @@ from relayer.driver import QuorumDriver, now_ms
 from relayer.eip712 import Domain
 from relayer.errors import RelayerError
 from relayer.keys import RelayerKey
-from relayer.p2p import GossipMessage, HostConfig, OrderSync, P2PHost
+from relayer.p2p import GossipMessage, HostConfig, OrderSync, P2PError, P2PHost
 from relayer.p2p.wire import WireError, cancels_validator, decode_cancels, decode_orders, orders_validator
 from relayer.processor import Processor
 from relayer.quorum import (
@@ -52,7 +52,7 @@ from relayer.quorum import (
 )
 from relayer.quorum.persist import load_records
 from relayer.store import Store
-from relayer.types import Address, Hash32, SignedCancel, SignedOrder
+from relayer.types import Address, Hash32, PeerId, SignedCancel, SignedOrder
 from relayer.watcher import ChainMessage, Head, Watcher
 from relayer.worker import SettleJob, Worker, WorkerConfig, WorkerResult
 
@@ -68,6 +68,8 @@ CHAIN_CHANNEL = 256
 RESULT_CHANNEL = 256
 """Worker → processor: settlement outcomes."""
 STATUS_EVERY_S = 30.0
+SYNC_DEADLINE_S = 10.0
+"""The initial sync waits at most this long for each bootstrap peer."""
 
 
 class NodeStartError(RelayerError):
@@ -143,6 +145,7 @@ class Node:
         self.driver: QuorumDriver | None = None
         self.domain = Domain(chain_id=cfg.chain.chain_id, verifying_contract=Address(self.exchange))
         self.ready = trio.Event()  # set once the watcher has caught up with the head after start
+        self.synced = trio.Event()  # set once every reachable bootstrap peer answered the first sync (or a deadline)
         self._changed = trio.Event()  # set (and replaced) whenever the processor applied something
         self._submitted: dict[int, Hash32] = {}  # seq -> batch hash of what the worker was handed
 
@@ -256,6 +259,7 @@ class Node:
         orders_rx = host.subscribe(host.topics.orders, validator=orders_validator(self.domain))
         cancels_rx = host.subscribe(host.topics.cancels, validator=cancels_validator(self.domain))
         quorum_rx = host.subscribe(host.topics.quorum, validator=self._quorum_validator)
+        host.set_handler(host.protocols.quorum, self._serve_certificate)
         self.sync = OrderSync(
             host,
             self.domain,
@@ -295,11 +299,54 @@ class Node:
             nursery.start_soon(self._gossip_cancels, cancels_rx)
             nursery.start_soon(self._quorum_inbox, quorum_rx)
             nursery.start_soon(self.driver.ticker)
+            nursery.start_soon(self._initial_sync)
             nursery.start_soon(self._report)
             log.info("node running: relayer %s, gas payer %s", self.key.address, signer.address)
             task_status.started(self)
 
     # --- p2p and quorum -----------------------------------------------------------------------------------------
+
+    async def _serve_certificate(self, peer: str, payload: bytes) -> bytes:
+        """The quorum protocol's one request: the certificate this node holds for the open seq (empty if none), so a
+        joining or restarted node learns of a batch that is certified but not yet included."""
+        core = None if self.driver is None else self.driver.core
+        if core is None:
+            return b""
+        for round_ in range(core.round, -1, -1):
+            cert = core.certificate(round_)
+            if cert is not None:
+                return cert.encode()
+        return b""
+
+    async def _initial_sync(self) -> None:
+        """Sync orders, signed cancels and the open seq's certificate from every bootstrap peer once at start; synced
+        when each has answered or failed, or after ``SYNC_DEADLINE_S`` (nodes started together must not wait on each
+        other: a peer that is down simply does not count)."""
+        host, sync, driver = self.host, self.sync, self.driver
+        assert host is not None and sync is not None and driver is not None
+        peers = [PeerId(a.rsplit("/p2p/", 1)[1]) for a in self.cfg.p2p.bootstrap if "/p2p/" in a]
+        answered = 0
+
+        async def one(peer: PeerId) -> None:
+            nonlocal answered
+            with trio.move_on_after(SYNC_DEADLINE_S):
+                await host.wait_for_peers([peer])
+                try:
+                    result = await sync.sync_with(peer)
+                    cert = await host.request(peer, host.protocols.quorum, b"certificate")
+                except (P2PError, WireError) as exc:
+                    log.info("initial sync with %s failed: %s", peer, exc)
+                    return
+                if cert:
+                    await driver.message(cert)
+                answered += 1
+                log.info("synced with %s: %d order(s), %d cancel(s) fetched", peer, result.orders, result.cancels)
+
+        async with trio.open_nursery() as nursery:
+            for peer in peers:
+                nursery.start_soon(one, peer)
+        self.synced.set()
+        log.info("initial sync done: %d of %d bootstrap peer(s) answered", answered, len(peers))
 
     def _quorum_validator(self, data: bytes) -> str | None:
         try:

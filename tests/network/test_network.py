@@ -126,6 +126,7 @@ async def test_anti_entropy_late_joiner_and_garbage(world: World, anvil: AnvilPr
 
     late.start()
     wait_logs([late], r"caught up with the chain")
+    wait_logs([late], r"initial sync done: 3 of 3 bootstrap peer\(s\) answered", timeout=30)
     wait_logs(cluster[1:], r"order\(s\) from sync accepted", timeout=60)  # all but the holder fetched them
 
     # with node1 down, a batch needs the late joiner's vote (t = 3 of the remaining 3)
