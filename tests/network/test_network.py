@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from bindings import exchange as ex
 from relayer import eip712
@@ -145,42 +146,55 @@ async def test_anti_entropy_late_joiner_and_garbage(world: World, anvil: AnvilPr
     await assert_views_match(world, survivors, [maker, taker], first + second)
 
 
-async def test_a_certificate_its_proposer_cannot_submit_lands_through_a_backup(
-    tmp_path: Path, anvil: AnvilProcess, world: World
+@pytest.mark.parametrize("recovery", ["backup", "next_round"])
+async def test_a_certificate_its_proposer_cannot_submit_is_recovered(
+    tmp_path: Path, anvil: AnvilProcess, world: World, recovery: str
 ) -> None:
     """The proposer of (seq 1, round 0) has no gas money: its worker's transaction is refused, so the certificate it
-    assembled never lands from it; the other holders check lastSeq after their staggered delay and the first one's
-    backup submission settles it."""
+    assembled never lands from it. ``backup``: the other holders check lastSeq after their staggered delay and the
+    first one's backup submission settles that certificate. ``next_round``: with backups out of reach, the nodes give
+    the certificate up once its deadline (+ grace) has passed, move to round 1, and round 1's proposer settles the
+    orders."""
     chosen = designated_proposer([Address(r.address) for r in world.relayers], 1, 0)
     await world.control.set_balance(chosen, 0)
-    maker = await world.trader("bk-maker", deposit=1_000_000 * 10**6)
-    taker = await world.trader("bk-taker", deposit=1_000_000 * 10**6)
+    maker = await world.trader(f"{recovery}-maker", deposit=1_000_000 * 10**6)
+    taker = await world.trader(f"{recovery}-taker", deposit=1_000_000 * 10**6)
     # a long round 0, so that the designated proposer of (1, 0) is the one that sees the orders
-    nodes = make_cluster(
-        tmp_path,
-        anvil,
-        world,
-        extra={"quorum": {"round_timeout_ms": 60_000, "round_timeout_max_ms": 60_000, "backup_submit_delay_ms": 1_000}},
-    )
+    quorum: dict[str, int] = {"round_timeout_ms": 60_000, "round_timeout_max_ms": 60_000}
+    if recovery == "backup":
+        quorum["backup_submit_delay_ms"] = 1_000
+    else:
+        quorum.update({"backup_submit_delay_ms": 600_000, "batch_deadline_delta_s": 5, "certificate_grace_s": 1})
+    nodes = make_cluster(tmp_path, anvil, world, extra={"quorum": quorum})
     try:
         for n in nodes:
             n.start()
         wait_logs(nodes, r"caught up with the chain")
         await gossip(world, anvil, nodes, lambda: crossing(world, maker, taker, 10**7))
+        if recovery == "next_round":
+            with trio.fail_after(60):  # the deadline is chain time: keep blocks coming
+                while await last_seq(world) < 1:
+                    await world.control.mine(1)
+                    await trio.sleep(0.5)
         await wait_seq(world, nodes, 1)
         logs = await world.rpc.call(
             "eth_getLogs",
             [{"address": world.deployment.exchange, "fromBlock": hex(world.deployment.block), "toBlock": "latest"}],
         )
-        settled = [
-            d.event for d in map(ex.decode_event, logs) if d is not None and isinstance(d.event, ex.BatchSettledEvent)
-        ]
+        events = (d.event for d in map(ex.decode_event, logs) if d is not None)
+        settled = [e for e in events if isinstance(e, ex.BatchSettledEvent)]
         assert len(settled) == 1 and settled[0].seq == 1
-        assert settled[0].submitter != chosen  # a backup submitted it
+        assert settled[0].submitter != chosen
         (proposer,) = [n for n in nodes if n.key.address == chosen]
         assert re.search(r"proposing seq 1 round 0", proposer.text())
         assert re.search(r"batch 1: failed", proposer.text()), proposer.text()[-3000:]
-        assert any(re.search(r"submitting \(backup rank \d\)", n.text()) for n in nodes if n is not proposer)
+        others = [n for n in nodes if n is not proposer]
+        if recovery == "backup":
+            assert settled[0].round == 0
+            assert any(re.search(r"submitting \(backup rank \d\)", n.text()) for n in others)
+        else:
+            assert settled[0].round >= 1  # round 0's certificate was given up, a later round's landed
+            assert all(re.search(r"seq 1: round 1 \(certificate_dead\)", n.text()) for n in others)
     finally:
         for n in nodes:
             if n.alive():
