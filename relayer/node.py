@@ -237,6 +237,7 @@ class Node:
         )
         cursor = processor.cursor
         if cursor is not None:
+            self.status.cursor = cursor.number
             log.info("resuming from block %d (%s)", cursor.number, cursor.hash.hex()[:16])
         else:
             log.info("empty store: reading the exchange's events from block %d", cfg.chain.start_block)
@@ -475,11 +476,17 @@ class Node:
         while True:
             await trio.sleep(STATUS_EVERY_S)
             s = self.status
+            driver = self.driver
             log.info(
-                "status: head %d, cursor %d, lag %d, %d blocks applied, worker %s",
+                "status: head %d, cursor %d, lag %d, %d blocks applied, %d orders accepted, %d peers, seq %s round %s, "
+                "worker %s",
                 s.head,
                 s.cursor,
                 s.lag,
                 s.blocks_applied,
+                s.orders_accepted,
+                0 if self.host is None else len(self.host.connected_peers()),
+                "-" if driver is None else driver.core.seq,
+                "-" if driver is None else driver.core.round,
                 s.worker_results or "idle",
             )
