@@ -13,7 +13,8 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,35 @@ def crossing(world: World, maker_party: Any, taker_party: Any, amount: int) -> l
     return out
 
 
+@asynccontextmanager
+async def gateway(
+    world: World, anvil: AnvilProcess, nodes: list[Node], *, key: RelayerKey | None = None, quorum: bool = False
+) -> AsyncIterator[P2PHost]:
+    """A libp2p host on the network's topics (a trader gateway with a fresh key, or a relayer with ``key``),
+    connected to every node and seen by each as a subscriber of ORDERS (of QUORUM when ``quorum``); closed on exit."""
+    cfg = HostConfig(
+        chain_id=anvil.chain_id,
+        exchange=world.deployment.exchange,
+        listen=("/ip4/127.0.0.1/tcp/0",),
+        heartbeat_ms=200,
+        reconnect_interval_ms=200,
+        dial_backoff_ms=200,
+    )
+    host = P2PHost(key or RelayerKey.generate(), cfg)
+    topic = host.topics.quorum if quorum else host.topics.orders
+    if quorum:
+        host.subscribe(topic)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(host.run)
+        for n in nodes:
+            host.add_peer(f"{n.listen}/p2p/{n.key.peer_id}")
+        with trio.fail_after(30):
+            for n in nodes:
+                await host.wait_for_subscriber(n.key.peer_id, topic)
+        yield host
+        nursery.cancel_scope.cancel()
+
+
 async def gossip(
     world: World,
     anvil: AnvilProcess,
@@ -169,31 +199,15 @@ async def gossip(
 ) -> list[SignedOrder]:
     """Publish ``orders`` from a trader gateway host (not a relayer) connected to every node; a callable is called
     once the gateway is connected (orders signed then are fresh for the nodes' createdAt window). Returns them."""
-    cfg = HostConfig(
-        chain_id=anvil.chain_id,
-        exchange=world.deployment.exchange,
-        listen=("/ip4/127.0.0.1/tcp/0",),
-        heartbeat_ms=200,
-        reconnect_interval_ms=200,
-        dial_backoff_ms=200,
-    )
-    host = P2PHost(RelayerKey.generate(), cfg)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(host.run)
-        for n in nodes:
-            host.add_peer(f"{n.listen}/p2p/{n.key.peer_id}")
-        with trio.fail_after(30):
-            for n in nodes:
-                await host.wait_for_subscriber(n.key.peer_id, host.topics.orders)
+    async with gateway(world, anvil, nodes) as host:
         if callable(orders):
             orders = orders()
-        for message in pack_orders(orders, cfg.max_message_bytes):
+        for message in pack_orders(orders, host.config.max_message_bytes):
             await host.publish(host.topics.orders, message)
         if until is not None:
             await until()  # keep the gateway up (its queued messages keep flowing) until the caller has seen them
         else:
             await trio.sleep(1.0)  # let the messages leave before the host closes
-        nursery.cancel_scope.cancel()
     return orders
 
 
@@ -226,31 +240,15 @@ def resting_orders(world: World, party: Any, n: int, *, first_salt: int = 1_000_
 
 async def publish_garbage(world: World, anvil: AnvilProcess, nodes: list[Node]) -> None:
     """Malformed, truncated and oversized messages on every topic, from a gateway host (not a relayer)."""
-    cfg = HostConfig(
-        chain_id=anvil.chain_id,
-        exchange=world.deployment.exchange,
-        listen=("/ip4/127.0.0.1/tcp/0",),
-        heartbeat_ms=200,
-        reconnect_interval_ms=200,
-        dial_backoff_ms=200,
-    )
-    host = P2PHost(RelayerKey.generate(), cfg)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(host.run)
-        for n in nodes:
-            host.add_peer(f"{n.listen}/p2p/{n.key.peer_id}")
-        with trio.fail_after(30):
-            for n in nodes:
-                await host.wait_for_subscriber(n.key.peer_id, host.topics.orders)
+    async with gateway(world, anvil, nodes) as host:
         junk = [b"\x00", b"garbage" * 10, bytes(range(256)) * 4, b"\x01\x01" + b"\xff" * 300]
         for topic in (host.topics.orders, host.topics.cancels, host.topics.quorum):
             for data in junk:
                 with contextlib.suppress(Exception):  # the gateway's own validator may refuse it locally
                     await host.publish(topic, data)
         with contextlib.suppress(Exception):
-            await host.publish(host.topics.orders, b"\x01" * (cfg.max_message_bytes + 1))
+            await host.publish(host.topics.orders, b"\x01" * (host.config.max_message_bytes + 1))
         await trio.sleep(1.0)
-        nursery.cancel_scope.cancel()
 
 
 def current_round(node: Node, seq: int = 1) -> int:
@@ -270,24 +268,8 @@ async def publish_raw(
     ``seq``, pick the next round at least two ahead of every node's where ``designated(seq, round)``, wait until every
     node has entered that round (their logs say so), then publish ``await maker(round)``. Returns the rounds
     used."""
-    cfg = HostConfig(
-        chain_id=anvil.chain_id,
-        exchange=world.deployment.exchange,
-        listen=("/ip4/127.0.0.1/tcp/0",),
-        heartbeat_ms=200,
-        reconnect_interval_ms=200,
-        dial_backoff_ms=200,
-    )
-    host = P2PHost(key, cfg)
-    host.subscribe(host.topics.quorum)
     used: list[int] = []
-    async with trio.open_nursery() as nursery:
-        await nursery.start(host.run)
-        for n in nodes:
-            host.add_peer(f"{n.listen}/p2p/{n.key.peer_id}")
-        with trio.fail_after(30):
-            for n in nodes:
-                await host.wait_for_subscriber(n.key.peer_id, host.topics.quorum)
+    async with gateway(world, anvil, nodes, key=key, quorum=True) as host:
         for seq, make in makers:
             with trio.fail_after(90):
                 while not all(re.search(rf"seq {seq}: round 0 starts", n.text()) for n in nodes):  # noqa: ASYNC110
@@ -302,5 +284,4 @@ async def publish_raw(
                 await host.publish(host.topics.quorum, data)
             used.append(round_)
         await trio.sleep(1.0)
-        nursery.cancel_scope.cancel()
     return used
