@@ -412,8 +412,9 @@ def run(ctx: click.Context, config_file: Path) -> None:
       - opens and recovers its store in node.data_dir (one node per directory: a second one is refused),
       - resumes reading the exchange's events from its stored cursor (or chain.start_block), backfilling any gap.
     A component that fails stops the node with exit code 1 and says why; it never runs half alive.
-    Today the node reconciles chain state and runs the contract worker; order intake, the p2p quorum and the trader
-    API arrive with issues #7 and #8.
+    Running, it reconciles chain state, joins the relayer network on p2p.listen / p2p.bootstrap (gossiped orders and
+    cancels, anti-entropy sync, the quorum that certifies batches) and settles certified batches through its worker.
+    The trader API and admission rules arrive with issue #8.
     """
     import trio
 
