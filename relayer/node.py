@@ -68,6 +68,8 @@ CHAIN_CHANNEL = 256
 RESULT_CHANNEL = 256
 """Worker → processor: settlement outcomes."""
 STATUS_EVERY_S = 30.0
+VIEW_REFRESH_S = 1.0
+"""How often the quorum's chain view is refreshed when no block came (its chain time follows the clock)."""
 SYNC_DEADLINE_S = 10.0
 """The initial sync waits at most this long for each bootstrap peer."""
 
@@ -301,6 +303,7 @@ class Node:
             nursery.start_soon(self._quorum_inbox, quorum_rx)
             nursery.start_soon(self.driver.ticker)
             nursery.start_soon(self._initial_sync)
+            nursery.start_soon(self._refresh_quorum_view)
             nursery.start_soon(self._report)
             log.info("node running: relayer %s, gas payer %s", self.key.address, signer.address)
             task_status.started(self)
@@ -423,10 +426,22 @@ class Node:
             await self.driver.message(msg.data)
 
     async def _chain_to_quorum(self) -> None:
+        """Give the quorum the chain as the processor holds it. Its time is the head's timestamp, or the wall clock
+        when that is later: a chain that mines only on demand (anvil's automine, a quiet L2) can leave the head minutes
+        old, and a batch deadline of stale head + delta would already have passed when the batch is mined (the contract
+        compares it with the next block's time, which is about now). Nodes' clocks agree within the voters'
+        deadline tolerance."""
         processor, driver = self.processor, self.driver
         if processor is None or driver is None or processor.head is None:
             return
-        await driver.chain(ChainView.from_model(processor.included, processor.head.timestamp))
+        head_time = max(processor.head.timestamp, int(time.time()))
+        await driver.chain(ChainView.from_model(processor.included, head_time))
+
+    async def _refresh_quorum_view(self) -> None:
+        """Between blocks, move the quorum's chain time with the clock (see :meth:`_chain_to_quorum`)."""
+        while True:
+            await trio.sleep(VIEW_REFRESH_S)
+            await self._chain_to_quorum()
 
     # --- loops --------------------------------------------------------------------------------------------------
 
