@@ -88,6 +88,37 @@ class Order:
         """Identity for fills and cancels: every version (amendment) of an order shares it."""
         return (self.trader, self.salt)
 
+    @classmethod
+    def from_fields(
+        cls,
+        trader: Address,
+        market: int,
+        side: int,
+        price: int,
+        amount: int,
+        salt: int,
+        created_at: int,
+        expiry: int,
+        flags: int,
+        trigger_kind: int,
+        trigger_price: int,
+    ) -> Order:
+        """An order from its plain fields in signing order (as decoders read them); the side, flags and trigger
+        kind become their enums (``ValueError`` for a value outside them)."""
+        return cls(
+            trader=trader,
+            market=MarketId(market),
+            side=Side(side),
+            price=price,
+            amount=amount,
+            salt=Salt(salt),
+            created_at=created_at,
+            expiry=expiry,
+            flags=OrderFlag(flags),
+            trigger_kind=TriggerKind(trigger_kind),
+            trigger_price=trigger_price,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class SignedOrder:

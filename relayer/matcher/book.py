@@ -527,17 +527,5 @@ def _encode_order(signed: SignedOrder) -> list[Any]:
 
 def _decode_order(item: list[Any]) -> SignedOrder:
     h, sig, trader, market, side, price, amount, salt, created, expiry, flags, kind, trigger = item
-    order = Order(
-        trader=Address(trader),
-        market=MarketId(market),
-        side=Side(side),
-        price=price,
-        amount=amount,
-        salt=Salt(salt),
-        created_at=created,
-        expiry=expiry,
-        flags=OrderFlag(flags),
-        trigger_kind=TriggerKind(kind),
-        trigger_price=trigger,
-    )
+    order = Order.from_fields(Address(trader), market, side, price, amount, salt, created, expiry, flags, kind, trigger)
     return SignedOrder(order=order, signature=bytes.fromhex(sig), hash=Hash32(bytes.fromhex(h)))

@@ -40,7 +40,7 @@ from relayer.eip712 import (
 )
 from relayer.errors import RelayerError
 from relayer.hashing import keccak
-from relayer.types import MarketId, Order, OrderFlag, Salt, Side, SignedCancel, SignedOrder, TriggerKind
+from relayer.types import Order, Salt, SignedCancel, SignedOrder
 
 VERSION = 1
 
@@ -126,18 +126,8 @@ def _check_sig(signature: bytes) -> None:
 def _unpack_order(domain: Domain, raw: bytes | memoryview) -> SignedOrder:
     (trader, market, side, price, amount, salt, created, expiry, flags, tkind, tprice, sig) = _ORDER.unpack(raw)
     try:
-        order = Order(
-            trader=to_checksum_address(trader),
-            market=MarketId(market),
-            side=Side(side),
-            price=price,
-            amount=amount,
-            salt=Salt(salt),
-            created_at=created,
-            expiry=expiry,
-            flags=OrderFlag(flags),
-            trigger_kind=TriggerKind(tkind),
-            trigger_price=tprice,
+        order = Order.from_fields(
+            to_checksum_address(trader), market, side, price, amount, salt, created, expiry, flags, tkind, tprice
         )
         validate_order(order)
         digest = order_digest(domain, order)

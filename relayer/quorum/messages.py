@@ -21,7 +21,7 @@ from relayer import eip712
 from relayer.errors import RelayerError
 from relayer.hashing import keccak
 from relayer.matcher.model import SkipReason
-from relayer.types import Address, Fill, Hash32, MarketId, Order, OrderFlag, Salt, Side, SignedOrder, TriggerKind
+from relayer.types import Address, Fill, Hash32, Order, SignedOrder
 
 __all__ = [
     "ENVELOPE_TAG",
@@ -151,18 +151,8 @@ def _decode_order(r: _Reader, domain: eip712.Domain) -> SignedOrder:
     raw = r.take(_ORDER.size)
     trader, market, side, price, amount, salt, created, expiry, flags, kind, trigger = _ORDER.unpack(raw)
     try:
-        order = Order(
-            trader=_address(trader),
-            market=MarketId(market),
-            side=Side(side),
-            price=price,
-            amount=amount,
-            salt=Salt(salt),
-            created_at=created,
-            expiry=expiry,
-            flags=OrderFlag(flags),
-            trigger_kind=TriggerKind(kind),
-            trigger_price=trigger,
+        order = Order.from_fields(
+            _address(trader), market, side, price, amount, salt, created, expiry, flags, kind, trigger
         )
     except ValueError as exc:
         raise MessageError(f"order field out of range: {exc}") from None

@@ -15,15 +15,11 @@ from relayer.store import codec
 from relayer.types import (
     Address,
     Hash32,
-    MarketId,
     Order,
-    OrderFlag,
     OrderState,
     Salt,
-    Side,
     SignedCancel,
     SignedOrder,
-    TriggerKind,
 )
 
 SCHEMA_VERSION = 2
@@ -106,19 +102,7 @@ class OrderRecord:
         if len(f) != 11 or not isinstance(f[0], str) or not all(isinstance(x, int) for x in f[1:]):
             raise codec.DecodeError("malformed order fields")
         try:
-            order = Order(
-                trader=Address(f[0]),
-                market=MarketId(f[1]),
-                side=Side(f[2]),
-                price=f[3],
-                amount=f[4],
-                salt=Salt(f[5]),
-                created_at=f[6],
-                expiry=f[7],
-                flags=OrderFlag(f[8]),
-                trigger_kind=TriggerKind(f[9]),
-                trigger_price=f[10],
-            )
+            order = Order.from_fields(Address(f[0]), *f[1:])
         except ValueError as exc:
             raise codec.DecodeError(f"malformed order: {exc}") from None
         filled = []
